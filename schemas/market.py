@@ -1,0 +1,67 @@
+"""Market data records, normalised from any exchange. Keyed by symbol."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import Event
+
+
+class MarketTrade(Event):
+    """One public trade. ``side`` is the taker's side.
+
+    Version history: v1 had ``amount`` and no ``exchange`` (it was the ``source``); v2 renamed
+    ``amount`` to ``qty`` and added ``exchange``. ``schemas.codec`` upgrades v1 on read.
+    """
+
+    TYPE = "market.trade"
+    VERSION = 2
+
+    exchange: str
+    symbol: str
+    trade_id: str
+    price: float = Field(gt=0)
+    qty: float = Field(ge=0)
+    side: Literal["buy", "sell"]
+
+
+class BookTicker(Event):
+    """Best bid and ask (top of book)."""
+
+    TYPE = "market.book_ticker"
+
+    exchange: str
+    symbol: str
+    bid_price: float = Field(ge=0)
+    bid_qty: float = Field(ge=0)
+    ask_price: float = Field(ge=0)
+    ask_qty: float = Field(ge=0)
+    update_id: int | None = None
+
+
+class DepthUpdate(Event):
+    """Order book levels: a snapshot (``is_snapshot``) or the top levels after a delta."""
+
+    TYPE = "market.depth"
+
+    exchange: str
+    symbol: str
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+    is_snapshot: bool = False
+    update_id: int | None = None
+
+
+class StreamGap(Event):
+    """A stream dropped: whatever happened between ``gap_start_ns`` and the reconnect is missing."""
+
+    TYPE = "market.stream_gap"
+
+    exchange: str
+    symbol: str
+    stream: str
+    reason: str
+    gap_start_ns: int
+    attempt: int = 0

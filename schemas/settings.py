@@ -1,0 +1,216 @@
+"""The one typed settings model (env prefix ``EIGENLOOP_``, nested with ``__``, optional YAML).
+
+It lives in ``schemas`` because every package reads it and ``schemas`` is the only package all
+others may import. Load it once at start with ``load_settings``: a bad value fails there with
+one readable line per field, never later in the middle of a run.
+
+Precedence, highest first: explicit arguments, environment (``EIGENLOOP_KAFKA__BOOTSTRAP``),
+the YAML file (``--config`` or ``EIGENLOOP_CONFIG``), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaSettings(_Section):
+    # None: use the local broker started by `eigenloop kafka start` (its address file)
+    bootstrap: str | None = None
+    topic_prefix: str = ""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    linger_ms: int = Field(5, ge=0)
+    max_batch_size: int = Field(256 * 1024, ge=1024)
+
+
+class RewardConfig(_Section):
+    """Everything the counterfactual paper fill and the reward need. Shared by Faust and Flink."""
+
+    latency_ms: float = Field(100.0, ge=0, description="entry at the touch this long after the decision")
+    fee_bps: float = Field(4.5, ge=0, description="taker fee per side, in basis points")
+    slippage_model: Literal["none", "fixed", "spread"] = "fixed"
+    slippage_bps: float = Field(0.0, ge=0, description="fixed: bps per side; spread: fraction of the spread per side")
+    kind: Literal["pnl", "risk_adjusted"] = "pnl"
+    vol_floor_bps: float = Field(1.0, gt=0, description="floor on realised vol when scaling PnL")
+    drawdown_penalty: float = Field(0.5, ge=0, description="bps of reward lost per bps of max adverse excursion")
+    min_reward: float = Field(-50.0, description="reward of an invalid action (and floor on all rewards)")
+    max_reward: float = Field(50.0)
+    social_like_weight: float = 1.0
+    social_repost_weight: float = 2.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "RewardConfig":
+        if self.min_reward >= self.max_reward:
+            raise ValueError(f"min_reward ({self.min_reward}) must be below max_reward ({self.max_reward})")
+        return self
+
+
+class GroupConfig(_Section):
+    group_size: int = Field(8, ge=2, description="G: candidates sampled per prompt")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    partial: Literal["drop", "keep"] = "keep"
+    min_partial: int = Field(2, ge=2, description="keep a partial group only if G' >= this")
+    grace_s: float = Field(2.0, ge=0, description="a group's window ends this long after its longest horizon")
+
+
+class StreamsSettings(_Section):
+    app_id: str = "eigenloop-streams"
+    engine: Literal["faust", "flink"] = "faust"
+    idle_tick_s: float = Field(0.25, gt=0, le=1.0, description="wall-clock timer closing idle windows")
+    web_port: int = Field(0, ge=0, description="Faust web port; 0 picks a free one")
+    market_window_s: float = Field(60.0, gt=0, description="how much book/trade history the state keeps")
+
+
+class ExchangeSettings(_Section):
+    name: str
+    symbols: list[str]
+    ws_url: str | None = None  # overrides ccxt's ws URL (replay servers)
+    rest_url: str | None = None
+
+
+class SourcesSettings(_Section):
+    exchanges: list[ExchangeSettings] = [
+        ExchangeSettings(name="binance", symbols=["BTC/USDT", "ETH/USDT"]),
+        ExchangeSettings(name="okx", symbols=["BTC/USDT", "ETH/USDT"]),
+    ]
+    social: bool = True
+    jetstream_url: str = "wss://jetstream2.us-east.bsky.network/subscribe"
+    social_collections: list[str] = ["app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.feed.repost"]
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+
+
+class ReplaySettings(_Section):
+    data_path: Path = Path("../shared/data")
+    speed: float = Field(20.0, gt=0, description="replay speed factor against the recorded gaps")
+
+
+class ActorSettings(_Section):
+    cadence_s: float = Field(2.0, gt=0)
+    horizon_s: float = Field(5.0, gt=0)
+    choose: Literal["sample", "argmax"] = "sample"
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    sample_steps: int = Field(8, ge=1)
+
+
+class ExecutorSettings(_Section):
+    mode: Literal["paper", "live"] = "paper"
+    max_notional: float = Field(100.0, ge=0)
+    max_position: float = Field(100.0, ge=0)
+    max_orders_per_minute: int = Field(10, ge=0)
+    kill_switch_file: Path = Path(".eigenloop/KILL")
+    social_dry_run: bool = True
+
+
+class LearnerSettings(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    snapshot_every_updates: int = Field(50, ge=1)
+    snapshot_every_s: float = Field(300.0, gt=0)
+    max_pending_groups: int = Field(256, ge=1)
+    backpressure: Literal["coalesce", "skip"] = "coalesce"
+    initial_snapshot: Path | None = None
+    # forwarded to learners.LearnerConfig, which validates it (kept loose here: schemas cannot
+    # import learners)
+    config: dict[str, Any] = {}
+
+
+class AnalyticsSettings(_Section):
+    dsn: str = "chdb://.eigenloop/chdb"
+    username: str | None = None
+    password: SecretStr | None = None
+    batch_size: int = Field(5000, ge=1)
+    flush_s: float = Field(1.0, gt=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, v: str) -> str:
+        if not v.startswith(("chdb://", "http://", "https://", "clickhouse://")):
+            raise ValueError("must start with chdb://, http://, https:// or clickhouse://")
+        return v
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EIGENLOOP_", env_nested_delimiter="__", extra="forbid", validate_default=True,
+    )
+
+    data_dir: Path = Path(".eigenloop")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    live_trading: bool = False
+    kafka: KafkaSettings = KafkaSettings()
+    reward: RewardConfig = RewardConfig()
+    groups: GroupConfig = GroupConfig()
+    streams: StreamsSettings = StreamsSettings()
+    sources: SourcesSettings = SourcesSettings()
+    replay: ReplaySettings = ReplaySettings()
+    actor: ActorSettings = ActorSettings()
+    executor: ExecutorSettings = ExecutorSettings()
+    learner: LearnerSettings = LearnerSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
+    http: HttpSettings = HttpSettings()
+
+    _yaml_file: str | None = None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("EIGENLOOP_CONFIG")
+        if path:
+            from pydantic_settings import YamlConfigSettingsSource
+
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+class SettingsError(ValueError):
+    """Settings failed validation; ``str()`` is one readable line per bad field."""
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build and validate the settings, raising ``SettingsError`` with readable lines."""
+    previous = os.environ.get("EIGENLOOP_CONFIG")
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise SettingsError(f"config file {config_file}: not found")
+        os.environ["EIGENLOOP_CONFIG"] = str(config_file)
+    elif previous and not Path(previous).is_file():
+        raise SettingsError(f"EIGENLOOP_CONFIG={previous}: file not found")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})" if "input" in err and not isinstance(err.get("input"), dict) else f"{loc}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+    except Exception as e:  # YAML syntax errors and the like come from the source, not pydantic
+        if type(e).__module__.startswith("yaml"):
+            raise SettingsError(f"config file: not valid YAML ({e})") from None
+        raise
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop("EIGENLOOP_CONFIG", None)
+            else:
+                os.environ["EIGENLOOP_CONFIG"] = previous
