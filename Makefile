@@ -1,0 +1,35 @@
+# The two commands: `make run` (the main job) and `make test` (the whole suite).
+# Both set everything up themselves and are idempotent.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+EIGENLOOP := $(VENV)/bin/eigenloop
+STAMP := $(VENV)/.installed-stamp
+KAFKA_JARS := .cache/kafka/libs/.complete
+PYTEST_ARGS ?=
+
+.PHONY: setup run test faults bench clean-data help
+
+help:
+	@echo "make run    - start the local broker and everything else, replaying ../shared/data"
+	@echo "make test   - the whole test suite against a real local Kafka broker"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(KAFKA_JARS): kafka/pom.xml $(STAMP)
+	$(PY) -c "from daemon.kafka_local import fetch_jars; fetch_jars()"
+
+setup: $(STAMP) $(KAFKA_JARS)
+
+run: setup
+	$(EIGENLOOP) run
+
+test: setup
+	bash scripts/test.sh $(PYTEST_ARGS)
+
+clean-data:
+	-$(EIGENLOOP) kafka stop
+	rm -rf .eigenloop .eigenloop-test

@@ -1,0 +1,34 @@
+"""Where the broker is and how to talk to it (bootstrap, SASL/TLS) for every Kafka client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon import kafka_local
+from schemas.settings import Settings
+from schemas.topics import topic_name
+
+
+def bootstrap_for(settings: Settings) -> str:
+    """Configured bootstrap, else EIGENLOOP_KAFKA_BOOTSTRAP, else the local broker's address."""
+    return kafka_local.resolve_bootstrap(settings.kafka.bootstrap, settings.data_dir)
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
+    k = settings.kafka
+    kw: dict[str, Any] = {"bootstrap_servers": bootstrap_for(settings), "security_protocol": k.security_protocol}
+    if k.sasl_mechanism:
+        kw["sasl_mechanism"] = k.sasl_mechanism
+        kw["sasl_plain_username"] = k.sasl_username
+        kw["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        kw["ssl_context"] = create_ssl_context(cafile=k.ssl_cafile)
+    return kw
+
+
+def topic(settings: Settings, base: str) -> str:
+    """The physical name of a catalogue topic under this deployment's prefix."""
+    return topic_name(base, settings.kafka.topic_prefix)

@@ -1,0 +1,287 @@
+"""A single-node Apache Kafka (KRaft) broker on 127.0.0.1 for development and tests.
+
+The jars come from Maven (``kafka/pom.xml``) into ``.cache/kafka/libs``; ``fetch_jars`` runs
+Maven once and is a no-op afterwards. ``start`` formats KRaft storage under the data folder,
+starts the broker on free ports, waits until it answers a metadata request, and writes its
+bootstrap address and PID to ``<data_dir>/kafka/broker.json``, where every other command looks
+for it. ``stop`` stops exactly the process it started, by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+POM = REPO_ROOT / "kafka" / "pom.xml"
+DEFAULT_LIBS = REPO_ROOT / ".cache" / "kafka" / "libs"
+
+_LOG4J2 = """\
+Configuration:
+  status: warn
+  Appenders:
+    File:
+      name: file
+      fileName: "{log}"
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: info
+      AppenderRef:
+        - ref: file
+    Logger:
+      - name: kafka.request.logger
+        level: warn
+      - name: org.apache.kafka.storage
+        level: warn
+"""
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started or reached."""
+
+
+@dataclass
+class BrokerInfo:
+    bootstrap: str
+    pid: int
+    controller_port: int
+    data_dir: str
+    started_at: float
+
+    @property
+    def port(self) -> int:
+        return int(self.bootstrap.rsplit(":", 1)[1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int | None) -> bool:
+    if not port:
+        return False
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def fetch_jars(libs: Path = DEFAULT_LIBS) -> Path:
+    """Fetch the Kafka jars with Maven once; later calls find them and return at once."""
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    libs.mkdir(parents=True, exist_ok=True)
+    cmd = ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+           f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BrokerError(f"maven could not fetch the Kafka jars: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    marker.write_text("ok\n")
+    return libs
+
+
+def state_file(data_dir: Path) -> Path:
+    return Path(data_dir) / "kafka" / "broker.json"
+
+
+def read_state(data_dir: Path) -> BrokerInfo | None:
+    path = state_file(data_dir)
+    if not path.exists():
+        return None
+    return BrokerInfo(**json.loads(path.read_text()))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0); /proc tells the truth
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True if the broker accepts a TCP connection and answers an ApiVersions request."""
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as s:
+            # ApiVersions v0 request: size, api_key=18, api_version=0, correlation_id=1, client_id=""
+            body = (18).to_bytes(2, "big") + (0).to_bytes(2, "big") + (1).to_bytes(4, "big") + (0).to_bytes(2, "big")
+            s.sendall(len(body).to_bytes(4, "big") + body)
+            s.settimeout(timeout)
+            head = s.recv(4)
+            return len(head) == 4
+    except OSError:
+        return False
+
+
+def status(data_dir: Path) -> BrokerInfo | None:
+    """The running broker this data folder started, or None."""
+    info = read_state(data_dir)
+    if info is None or not _alive(info.pid):
+        return None
+    return info
+
+
+def start(data_dir: Path, *, libs: Path = DEFAULT_LIBS, port: int | None = None,
+          heap: str = "512m", timeout: float = 60.0) -> BrokerInfo:
+    """Start the broker unless this data folder's broker already runs; return its address."""
+    data_dir = Path(data_dir).resolve()
+    running = status(data_dir)
+    if running is not None and broker_answers(running.bootstrap):
+        return running
+    fetch_jars(libs)
+    kdir = data_dir / "kafka"
+    logs = kdir / "logs"
+    kdir.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(exist_ok=True)
+    # a restarted broker keeps its ports when it can, so clients that hold the old bootstrap
+    # address reconnect to it (the fault-injection suite restarts the broker under load)
+    ports_file = kdir / "ports.json"
+    previous = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+    port = port or (previous.get("port") if _port_free(previous.get("port")) else None) or _free_port()
+    cport = previous.get("controller") if _port_free(previous.get("controller")) else None
+    while cport is None or cport == port:
+        cport = _free_port()
+    ports_file.write_text(json.dumps({"port": port, "controller": cport}))
+    log_dirs = kdir / "data"
+    props = kdir / "server.properties"
+    props.write_text("\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{cport}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={log_dirs}",
+        "num.partitions=3",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=10",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=10",
+        # tests create consumer groups constantly; the default 3 s delay is pure waiting
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=true",
+        "log.segment.bytes=67108864",
+        "",
+    ]))
+    log4j = kdir / "log4j2.yaml"
+    log4j.write_text(_LOG4J2.format(log=logs / "server.log"))
+    classpath = f"{libs}/*"
+    java = ["java", f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={logs}", "-cp", classpath]
+    if not (log_dirs / "meta.properties").exists():
+        cluster_id = _random_cluster_id()
+        fmt = subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                             capture_output=True, text=True)
+        if fmt.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage failed: {fmt.stdout[-1500:]}{fmt.stderr[-1500:]}")
+    out = open(logs / "stdout.log", "ab")
+    proc = subprocess.Popen(java + ["kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=kdir)
+    bootstrap = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BrokerError(f"the broker exited with {proc.returncode}; see {logs / 'server.log'}:\n"
+                              + _tail(logs / "server.log"))
+        if broker_answers(bootstrap, timeout=1.0) and _metadata_ready(bootstrap):
+            info = BrokerInfo(bootstrap=bootstrap, pid=proc.pid, controller_port=cport,
+                              data_dir=str(data_dir), started_at=time.time())
+            state_file(data_dir).write_text(json.dumps(asdict(info)))
+            return info
+        time.sleep(0.2)
+    proc.kill()
+    raise BrokerError(f"the broker did not answer within {timeout:.0f} s; see {logs / 'server.log'}")
+
+
+def _metadata_ready(bootstrap: str) -> bool:
+    """The broker lists itself in metadata once KRaft has elected the controller."""
+    try:
+        from aiokafka.admin import AIOKafkaAdminClient  # noqa: F401  (import check only)
+    except ImportError:
+        return True
+    import asyncio
+
+    async def probe() -> bool:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"; the caller retries
+            return False
+        finally:
+            await admin.close()
+
+    return asyncio.run(probe())
+
+
+def _random_cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def stop(data_dir: Path, timeout: float = 30.0) -> bool:
+    """Stop the broker this data folder started (SIGTERM, then SIGKILL). False if none ran."""
+    info = read_state(data_dir)
+    if info is None:
+        return False
+    stopped = False
+    if _alive(info.pid):
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(info.pid):
+            time.sleep(0.1)
+        if _alive(info.pid):
+            os.kill(info.pid, signal.SIGKILL)
+        stopped = True
+    state_file(data_dir).unlink(missing_ok=True)
+    return stopped
+
+
+def resolve_bootstrap(configured: str | None, data_dir: Path) -> str:
+    """The configured bootstrap, else the local broker's; a clear error if there is neither."""
+    if configured:
+        return configured
+    env = os.environ.get("EIGENLOOP_KAFKA_BOOTSTRAP")
+    if env:
+        return env
+    info = status(Path(data_dir))
+    if info is None:
+        raise BrokerError("no Kafka broker configured and no local broker running: "
+                          "run `eigenloop kafka start` or set EIGENLOOP_KAFKA__BOOTSTRAP")
+    return info.bootstrap
