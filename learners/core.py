@@ -1,0 +1,267 @@
+"""The learner's pure core: config, state, and ``step(state, group) -> (state, updates)``.
+
+No I/O happens here: the daemon feeds closed groups in and publishes the returned
+``BlockUpdate`` records. Every random draw comes from ``state.generator`` (a CPU generator that
+snapshots with the state), so replaying the same groups from a snapshot reproduces the same
+weights, and with deterministic algorithms on CPU the same checksums, bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from learners.grpo import LOSSES, block_terms, encode_group
+from learners.model import BlockDiffusionLM, ModelConfig
+from learners.objective import make_optimizers
+from learners.tokenizer import ByteTokenizer
+from schemas import BlockUpdate, GRPOGroup, deterministic_event_id
+
+
+@dataclass
+class LearnerConfig:
+    r"""Everything the learner needs besides its weights.
+
+    > Model
+        model (`ModelConfig`): sizes, number of blocks B, overlap gamma, t_eps.
+
+    > Generation (used by the actor through ``sample``)
+        gen_len (`int`, default 24): completion length in tokens (bytes). Actions must fit.
+        sample_steps (`int`, default 12): denoising steps S; must be a multiple of B.
+        temperature (`float`, default 1.0), top_p (`float`, default 1.0): sampling controls.
+
+    > Optimisation (one AdamW per block)
+        lr (`float`, default 1e-4), weight_decay (`float`, default 0.0): decay is off by default
+            because a continuous learner steps forever and decay would slowly erase the bootstrap.
+        betas (`tuple[float, float]`, default (0.9, 0.95)).
+        grad_clip (`float`, default 0.5): per-block norm clip; wd1's negative term is unbounded
+            (digest pitfall 10), so keep it small. 0 disables.
+
+    > GRPO
+        loss_type (`Literal["wd1", "clipped"]`, default "wd1"):
+            - "wd1": w+ = softmax(A), w- = softmax(-A); exact per block (see ``learners.grpo``).
+              No old/reference policy needed. Recommended.
+            - "clipped": per-block PPO clip + k3 KL to the frozen reference; an approximation,
+              because the policy ratio is a product over blocks.
+        mc_draws (`int`, default 2): K mask draws (stratified t) per block per group.
+        inner_steps (`int`, default 1): optimiser steps per group, reusing the same masks.
+        clip_eps (`float`, default 0.2), beta (`float`, default 0.0): "clipped" only.
+        block_selection (`Literal["all", "round_robin", "topk_loss"]`, default "all"):
+            - "all": every block learns from every group (exact wd1 gradient for the whole model).
+            - "round_robin": ``blocks_per_group`` blocks in turn; cheaper, staler.
+            - "topk_loss": the ``blocks_per_group`` blocks with the largest recent |loss| (EMA);
+              blocks never updated come first.
+        blocks_per_group (`int`, default 1): used by "round_robin" and "topk_loss".
+
+    > Regulariser (the collapse guard switches these on; both default 0)
+        entropy_coef (`float`): adds -coef * mean predictive entropy at masked positions.
+        kl_bootstrap_coef (`float`): adds coef * KL(current || bootstrap reference) at masked positions.
+        keep_reference (`bool`, default True): keep a frozen copy of the initial weights (needed by
+            beta and kl_bootstrap_coef; costs one extra copy of the weights).
+
+    > Runtime
+        device (`str`, default "auto"): "auto" picks CUDA when available. Model and optimiser stay there.
+        seed (`int`, default 0): seeds the initial weights and the learner's generator.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gen_len: int = 24
+    sample_steps: int = 12
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 0.5
+    loss_type: Literal["wd1", "clipped"] = "wd1"
+    mc_draws: int = 2
+    inner_steps: int = 1
+    clip_eps: float = 0.2
+    beta: float = 0.0
+    block_selection: Literal["all", "round_robin", "topk_loss"] = "all"
+    blocks_per_group: int = 1
+    entropy_coef: float = 0.0
+    kl_bootstrap_coef: float = 0.0
+    keep_reference: bool = True
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        self.betas = tuple(self.betas)
+        B = self.model.n_blocks
+        if self.loss_type not in LOSSES:
+            raise ValueError(f"loss_type={self.loss_type!r} is unknown; use one of {sorted(LOSSES)}")
+        if self.block_selection not in ("all", "round_robin", "topk_loss"):
+            raise ValueError(f"block_selection={self.block_selection!r}; use 'all', 'round_robin' or 'topk_loss'")
+        if self.sample_steps % B:
+            raise ValueError(f"sample_steps={self.sample_steps} is not a multiple of n_blocks={B}; "
+                             f"use {B * max(1, round(self.sample_steps / B))} so steps align with blocks")
+        if not 1 <= self.blocks_per_group <= B:
+            raise ValueError(f"blocks_per_group={self.blocks_per_group} must be in [1, n_blocks={B}]")
+        if self.model.n_embd % self.model.n_head or (self.model.n_embd // self.model.n_head) % 2:
+            raise ValueError(f"n_embd={self.model.n_embd} must split into n_head={self.model.n_head} even-sized heads (RoPE)")
+        if self.mc_draws < 1 or self.inner_steps < 1 or self.gen_len < 1:
+            raise ValueError("mc_draws, inner_steps and gen_len must be >= 1")
+        if (self.beta > 0 or self.kl_bootstrap_coef > 0) and not self.keep_reference:
+            raise ValueError("beta or kl_bootstrap_coef > 0 needs the frozen reference: set keep_reference=True")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+@dataclass
+class LearnerState:
+    """The resident learner: model, per-block optimisers, RNG and counters."""
+
+    config: LearnerConfig
+    model: BlockDiffusionLM
+    optimizers: list[torch.optim.AdamW]
+    generator: torch.Generator
+    ref_model: BlockDiffusionLM | None = None
+    tokenizer: ByteTokenizer = field(default_factory=ByteTokenizer)
+    policy_version: int = 0
+    step: int = 0  # groups applied
+    block_steps: list[int] = field(default_factory=list)
+    skipped_groups: int = 0
+    rr_cursor: int = 0
+    loss_ema: list[float | None] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def build_state(config: LearnerConfig) -> LearnerState:
+    """A fresh learner: weights seeded from ``config.seed``, on ``config.resolve_device()``."""
+    device = config.resolve_device()
+    torch.manual_seed(config.seed)
+    model = BlockDiffusionLM(config.model).to(device)
+    B = config.model.n_blocks
+    return LearnerState(
+        config=config, model=model,
+        optimizers=make_optimizers(model, config.lr, config.weight_decay, config.betas),
+        generator=torch.Generator().manual_seed(config.seed),
+        ref_model=_frozen_copy(model) if config.keep_reference else None,
+        block_steps=[0] * B, loss_ema=[None] * B,
+    )
+
+
+def _frozen_copy(model: BlockDiffusionLM) -> BlockDiffusionLM:
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def reset_reference(state: LearnerState) -> None:
+    """Make the current weights the frozen reference (e.g. right after bootstrap)."""
+    state.ref_model = _frozen_copy(state.model)
+
+
+def block_checksum(model: BlockDiffusionLM, b: int) -> str:
+    """sha256 over block b's parameter names and raw bytes, in registration order."""
+    h = hashlib.sha256()
+    for name, p in model.blocks[b].named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().reshape(-1).cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def select_blocks(state: LearnerState) -> list[int]:
+    cfg, B = state.config, state.config.model.n_blocks
+    if cfg.block_selection == "all":
+        return list(range(B))
+    k = cfg.blocks_per_group
+    if cfg.block_selection == "round_robin":
+        chosen = [(state.rr_cursor + i) % B for i in range(k)]
+        state.rr_cursor = (state.rr_cursor + k) % B
+        return sorted(chosen)
+    key = [(-(float("inf") if e is None else e), b) for b, e in enumerate(state.loss_ema)]
+    return sorted(b for _, b in sorted(key)[:k])
+
+
+def has_signal(group: GRPOGroup) -> bool:
+    adv = group.advantages
+    return group.status != "skipped" and len(adv) >= 2 and max(adv) - min(adv) > 1e-12
+
+
+def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[BlockUpdate]]:
+    """Apply one closed group. Returns the (mutated) state and one BlockUpdate per updated block.
+
+    Groups without signal (status "skipped", or zero advantage spread) change nothing but
+    ``state.skipped_groups``. Otherwise ``policy_version`` moves by one.
+    """
+    if not has_signal(group):
+        state.skipped_groups += 1
+        return state, []
+    cfg, model = state.config, state.model
+    blocks = select_blocks(state)
+    x0, eligible = encode_group(state.tokenizer, group.prompt, group.completions, cfg.gen_len, state.device)
+    adv = torch.tensor(group.advantages, dtype=torch.float32, device=state.device)
+    use_ref = state.ref_model if (cfg.beta > 0 or cfg.kl_bootstrap_coef > 0) else None
+    before = {b: [p.detach().clone() for p in model.blocks[b].parameters()] for b in blocks}
+    mask_state = state.generator.get_state()
+    old_share: dict[int, torch.Tensor] = {}
+    losses: dict[int, torch.Tensor] = {}
+    grad_norms: dict[int, float] = {}
+    for it in range(cfg.inner_steps):
+        state.generator.set_state(mask_state)  # the same masks every inner step (d1)
+        for b in blocks:
+            terms = block_terms(model, b, x0, eligible, cfg.mc_draws, state.generator, use_ref,
+                                want_entropy=cfg.entropy_coef > 0)
+            if it == 0:
+                old_share[b] = terms["share"].detach()
+            loss = LOSSES[cfg.loss_type](terms["share"], adv, cfg.gen_len, old_share=old_share[b],
+                                         ref_share=terms["ref_share"], clip_eps=cfg.clip_eps, beta=cfg.beta)
+            loss = loss - cfg.entropy_coef * terms["entropy"] + cfg.kl_bootstrap_coef * terms["kl"]
+            losses[b] = loss
+        for b in blocks:
+            state.optimizers[b].zero_grad(set_to_none=True)
+        torch.stack([losses[b] for b in blocks]).sum().backward()  # no parameter is shared
+        for b in blocks:
+            params = list(model.blocks[b].parameters())
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            grad_norms[b] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            state.optimizers[b].step()
+    state.policy_version += 1
+    state.step += 1
+    updates = []
+    for b in blocks:
+        state.block_steps[b] += 1
+        lv = float(losses[b].detach())
+        prev = state.loss_ema[b]
+        state.loss_ema[b] = abs(lv) if prev is None else 0.9 * prev + 0.1 * abs(lv)
+        params = list(model.blocks[b].parameters())
+        upd = torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(params, before[b]))).item()
+        pnorm = torch.sqrt(sum((p.detach() ** 2).sum() for p in params)).item()
+        updates.append(BlockUpdate(
+            event_id=deterministic_event_id(group.ts_event // 1_000_000, group.group_id, b, state.policy_version),
+            ts_event=group.ts_event, source="learner", key=str(b),
+            block=b, step=state.block_steps[b], group_id=group.group_id, loss=lv, grad_norm=grad_norms[b],
+            checksum=block_checksum(model, b), policy_version=state.policy_version,
+            update_norm=upd, param_norm=pnorm, lr=float(state.optimizers[b].param_groups[0]["lr"]),
+        ))
+    return state, updates
+
+
+def sample(state: LearnerState, prompt: str, *, n: int, seed: int, temperature: float | None = None,
+           top_p: float | None = None) -> list[str]:
+    """G = n candidate completions for ``prompt`` in one batched call; deterministic for ``seed``."""
+    from learners.sampler import sample_completions
+
+    cfg = state.config
+    return sample_completions(state.model, state.tokenizer, prompt, n=n, gen_len=cfg.gen_len,
+                              steps=cfg.sample_steps, seed=seed,
+                              temperature=cfg.temperature if temperature is None else temperature,
+                              top_p=cfg.top_p if top_p is None else top_p)
