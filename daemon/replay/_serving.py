@@ -1,0 +1,108 @@
+"""Plumbing shared by the replay servers: pacing, per-connection send queues, tiny HTTP replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from typing import Any
+
+import structlog
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+log = structlog.get_logger(__name__)
+
+
+class Pacer:
+    """Maps recorded time to wall time: a message recorded ``dt`` after the first one is due
+    ``dt / speed`` after ``start()``. ``speed=math.inf`` sends as fast as the clients read."""
+
+    def __init__(self, speed: float) -> None:
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.speed = speed
+        self.started = asyncio.Event()
+        self._t0 = 0.0
+        self._rec0 = 0
+        self._since_yield = 0
+
+    def start(self, first_ns: int) -> None:
+        if not self.started.is_set():
+            self._t0 = asyncio.get_running_loop().time()
+            self._rec0 = first_ns
+            self.started.set()
+
+    async def wait_due(self, recorded_ns: int) -> None:
+        if math.isinf(self.speed):
+            delay = 0.0
+        else:
+            due = self._t0 + (recorded_ns - self._rec0) / 1e9 / self.speed
+            delay = due - asyncio.get_running_loop().time()
+        # sleeping for every message costs more than the gaps at high speed: sleep only when
+        # worth it, and otherwise yield now and then so clients and controls get a turn
+        if delay > 0.002:
+            self._since_yield = 0
+            await asyncio.sleep(delay)
+        else:
+            self._since_yield += 1
+            if self._since_yield >= 64:
+                self._since_yield = 0
+                await asyncio.sleep(0)
+
+
+class Outbox:
+    """One connection's send queue and writer task.
+
+    The queue is bounded: a producer waits while it is full (the replay slows down rather than
+    losing or buffering without bound); a client that does not read for ``stall_s`` is
+    disconnected so that one stuck client cannot stall the replay for everyone."""
+
+    def __init__(self, ws: ServerConnection, maxsize: int = 10_000, stall_s: float = 10.0) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[bytes | str] = asyncio.Queue(maxsize)
+        self.stall_s = stall_s
+        self.sent = 0
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        with contextlib.suppress(Exception):  # the connection closing ends the writer
+            while True:
+                msg = await self.queue.get()
+                # bytes are recorded JSON text: send them as a text frame, unchanged
+                await self.ws.send(msg, text=True)
+                self.sent += 1
+
+    async def put(self, msg: bytes | str) -> None:
+        if self.queue.full():
+            try:
+                await asyncio.wait_for(self.queue.put(msg), self.stall_s)
+            except TimeoutError:
+                log.warning("replay.client_stalled", remote=str(self.ws.remote_address))
+                self.abort()
+        else:
+            self.queue.put_nowait(msg)
+
+    def abort(self) -> None:
+        transport = getattr(self.ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
+def http_reply(status: int, body: bytes, content_type: str = "application/json") -> Response:
+    """A complete HTTP/1.1 response for a non-websocket request. ``Connection: close`` because
+    the websockets server closes the TCP connection after it; pooling clients must not reuse it."""
+    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found"}
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                       ("Connection", "close")])
+    return Response(status, reasons.get(status, "Error"), headers, body)
+
+
+def is_websocket(request: Any) -> bool:
+    return "websocket" in request.headers.get("Upgrade", "").lower()

@@ -1,0 +1,158 @@
+"""Building ccxt.pro exchanges from ``ExchangeSettings`` and guarding their frame parsing.
+
+Why a guard: ccxt parses each websocket frame inside a done-callback of its receive task. An
+exception there (a frame that is not JSON, a payload its parser does not expect) escapes into
+the event loop's exception handler, the receive loop is never rescheduled, and the stream goes
+silent without any error reaching ``watch_*``. The guard replaces the client's frame entry
+point with one that catches those, reports the raw frame, and keeps the loop going.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import ccxt.pro as ccxtpro
+from ccxt.async_support.base.ws.functions import is_json_encoded_object
+
+from daemon.errors import ConfigError
+
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    from json import loads as _loads
+
+# ccxt's ws URL key per Binance market type
+_BINANCE_WS_KEYS = {"spot": ("spot", "margin"), "linear": ("linear",), "inverse": ("inverse",)}
+_BINANCE_DEFAULT_TYPE = {"binance": "spot", "binanceus": "spot", "binanceusdm": "linear", "binancecoinm": "inverse"}
+
+BadFrame = Callable[[Any, str, str], None]  # (raw frame, reason, error type)
+
+
+def binance_market_type(exchange_id: str, symbol: str) -> str:
+    """spot / linear / inverse, from the unified symbol (``BTC/USDT``, ``BTC/USDT:USDT``,
+    ``BTC/USD:BTC``)."""
+    if ":" not in symbol:
+        return "spot" if exchange_id in ("binance", "binanceus") else _BINANCE_DEFAULT_TYPE.get(exchange_id, "spot")
+    quote = symbol.split("/")[1].split(":")[0]
+    settle = symbol.split(":")[1].split("-")[0]
+    return "linear" if settle == quote else "inverse"
+
+
+def make_exchange(name: str, symbols: list[str], *, ws_url: str | None = None, rest_url: str | None = None,
+                  trades_limit: int = 10_000, options: dict[str, Any] | None = None) -> Any:
+    """A ccxt.pro exchange for ``symbols`` with the URL overrides applied.
+
+    ``ws_url`` replaces the websocket base of the market type the symbols are in (Binance:
+    ``spot``/``linear``/``inverse``; others: every public ws URL). ``rest_url`` replaces the
+    scheme and host of every REST base, keeping Binance's paths (``/api/v3``, ``/fapi/v1``).
+    Raises ``ConfigError`` for an unknown exchange or one ``ws_url`` for several market types.
+    """
+    cls = getattr(ccxtpro, name, None)
+    if cls is None or not isinstance(cls, type):
+        raise ConfigError(f"unknown ccxt.pro exchange {name!r}")
+    if not symbols:
+        raise ConfigError(f"exchange {name}: no symbols configured")
+    opts: dict[str, Any] = {"tradesLimit": trades_limit}
+    binance = name.startswith("binance")
+    types = sorted({binance_market_type(name, s) for s in symbols}) if binance else []
+    if name in ("binance", "binanceus"):
+        # only the REST market lists the symbols need (the others are extra calls, and offline
+        # the replay serves only what it has)
+        opts["fetchMarkets"] = {"types": types}
+    opts.update(options or {})
+    ex = cls({"enableRateLimit": True, "options": opts})
+    if ws_url:
+        ws = ex.urls["api"]["ws"]
+        if binance:
+            if len(types) != 1:
+                raise ConfigError(f"exchange {name}: one ws_url cannot serve {types}; use one entry per "
+                                  "market type (binance for spot, binanceusdm, binancecoinm)")
+            for key in _BINANCE_WS_KEYS[types[0]]:
+                ws[key] = ws_url
+        elif isinstance(ws, str):
+            ex.urls["api"]["ws"] = ws_url
+        else:
+            for key, value in list(ws.items()):
+                if isinstance(value, str) and "private" not in key:
+                    ws[key] = ws_url
+    if rest_url:
+        new = urlsplit(rest_url)
+        for key, value in list(ex.urls["api"].items()):
+            if isinstance(value, str) and value.startswith("http"):
+                old = urlsplit(value)
+                ex.urls["api"][key] = value.replace(f"{old.scheme}://{old.netloc}", f"{new.scheme}://{new.netloc}", 1)
+    return ex
+
+
+# Fields each Binance stream event must carry for ccxt to parse it into something usable.
+_BINANCE_REQUIRED = {
+    "trade": ("s", "t", "p", "q", "T"),
+    "aggTrade": ("s", "a", "p", "q", "T"),
+    "depthUpdate": ("s", "U", "u", "b", "a"),
+    "bookTicker": ("s", "u", "b", "B", "a", "A"),
+}
+
+
+def binance_frame_problem(msg: Any) -> str | None:
+    """Why a decoded Binance frame cannot be used, or None. Replies (``id``/``result``/
+    ``error``) and event types not listed above pass through to ccxt unchanged."""
+    if isinstance(msg, list):
+        return None
+    if not isinstance(msg, dict):
+        return "not a JSON object"
+    data = msg.get("data", msg) if "stream" in msg else msg
+    if not isinstance(data, dict):
+        return "'data' is not a JSON object"
+    if "id" in data or "result" in data or "error" in data or "lastUpdateId" in data:
+        return None
+    event = data.get("e")
+    if event is None and "b" in data and "a" in data:
+        event = "bookTicker"  # the spot bookTicker has no event type
+    if event is None:
+        return "unrecognised frame: no event type"
+    missing = [k for k in _BINANCE_REQUIRED.get(event, ()) if data.get(k) is None]
+    if missing:
+        return f"{event} frame without {','.join(missing)}"
+    return None
+
+
+def guard_client(client: Any, on_bad: BadFrame, validate: Callable[[Any], str | None] | None) -> None:
+    """Replace ``client.handle_text_or_binary_message`` (ccxt's per-frame entry point) with a
+    version that never raises: undecodable, invalid or parser-crashing frames go to ``on_bad``."""
+    if getattr(client, "_eigenloop_guarded", False):
+        return
+
+    def guarded(data: Any) -> None:
+        raw = data
+        try:
+            if client.decompressBinary and isinstance(data, bytes):
+                data = data.decode()
+            decoded = _loads(data) if is_json_encoded_object(data) else data
+        except Exception as e:
+            on_bad(raw, f"undecodable frame: {e}", type(e).__name__)
+            return
+        problem = validate(decoded) if validate is not None else None
+        if problem is not None:
+            on_bad(raw, problem, "MalformedInput")
+            return
+        try:
+            client.on_message_callback(client, decoded)
+        except Exception as e:  # ccxt's parser failed on this frame; the next one may be fine
+            on_bad(raw, f"exchange parser failed: {e!r}"[:500], type(e).__name__)
+
+    client.handle_text_or_binary_message = guarded
+    client._eigenloop_guarded = True
+
+
+def install_guard(ex: Any, on_bad: BadFrame) -> None:
+    """Guard every websocket client ``ex`` creates from now on."""
+    validate = binance_frame_problem if ex.id.startswith("binance") else None
+    original = ex.client
+
+    def client(url: str) -> Any:
+        c = original(url)
+        guard_client(c, on_bad, validate)
+        return c
+
+    ex.client = client  # instance attribute: ccxt's own calls to self.client() find it first
