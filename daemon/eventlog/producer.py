@@ -1,6 +1,6 @@
 """The producer every eigenloop process writes events with.
 
-Durability: idempotence on and ``acks=all``, so a retried batch is written once and an
+Record timestamps are ``ts_ingest`` (see ``send``). Durability: idempotence on and ``acks=all``, so a retried batch is written once and an
 acknowledged event survives the leader. Ordering: per key (the key picks the partition, and
 idempotence keeps order across retries). Delivery is counted when the broker acknowledges.
 """
@@ -72,8 +72,11 @@ class EventProducer:
         """Queue one event; the returned future resolves to its RecordMetadata."""
         name = self.physical(base_topic)
         k = key if key is not None else event.key
+        # The Kafka timestamp is the ingest time, not the world time: replayed history keeps its
+        # 2024 ts_event in the payload, but time-based retention and "read from time T" work on
+        # when the event entered the log.
         fut = await self._producer.send(name, encode(event), key=k.encode() if k else None,
-                                        partition=partition, timestamp_ms=event.ts_event // 1_000_000 or None)
+                                        partition=partition, timestamp_ms=event.ts_ingest // 1_000_000 or None)
         fut.add_done_callback(_Delivery(name, time.monotonic()))
         return fut
 

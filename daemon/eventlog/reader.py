@@ -104,8 +104,12 @@ class GroupReader:
 async def _partitions(consumer: AIOKafkaConsumer, name: str) -> list[TopicPartition]:
     parts = consumer.partitions_for_topic(name)
     if parts is None:
-        await consumer.topics()  # forces a metadata fetch
-        parts = consumer.partitions_for_topic(name) or set()
+        # an unsubscribed consumer tracks no topics; metadata for this one must be asked for
+        consumer._client.add_topic(name)
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(name)
+    if not parts:
+        raise LookupError(f"topic {name} does not exist (run `eigenloop topics ensure`)")
     return [TopicPartition(name, p) for p in sorted(parts)]
 
 
@@ -133,7 +137,7 @@ async def read_range(settings: Settings, name: str, *, start_offsets: dict[int, 
     ``DecodeError`` naming the position: a silent skip is never an option.
     """
     physical_name = physical(settings, name)
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest",
                                 isolation_level=isolation_level, max_poll_records=5000)
     await consumer.start()
     try:
@@ -144,12 +148,12 @@ async def read_range(settings: Settings, name: str, *, start_offsets: dict[int, 
             ends_now = await consumer.end_offsets(tps)
             start_offsets = {tp.partition: (found[tp].offset if found.get(tp) else ends_now[tp]) for tp in tps}
         stop_at = end_offsets or {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
+        # explicit offsets for every partition: seek_to_beginning only schedules a reset, which
+        # can race with the consumer's own reset policy
+        firsts = await consumer.beginning_offsets(tps)
         for tp in tps:
             begin = (start_offsets or {}).get(tp.partition)
-            if begin is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, begin)
+            consumer.seek(tp, max(begin if begin is not None else 0, firsts[tp]))
         remaining = {tp for tp in tps if await consumer.position(tp) < stop_at.get(tp.partition, 0)}
         while remaining:
             got = await consumer.getmany(*remaining, timeout_ms=1000)
