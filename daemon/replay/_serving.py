@@ -64,17 +64,30 @@ class Outbox:
         self.queue: asyncio.Queue[bytes | str] = asyncio.Queue(maxsize)
         self.stall_s = stall_s
         self.sent = 0
+        self.closed = False
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        with contextlib.suppress(Exception):  # the connection closing ends the writer
+        try:
             while True:
                 msg = await self.queue.get()
                 # bytes are recorded JSON text: send them as a text frame, unchanged
                 await self.ws.send(msg, text=True)
                 self.sent += 1
+        except Exception:  # the connection closing ends the writer
+            pass
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        # a producer blocked on a full queue must not wait for a writer that is gone
+        self.closed = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
     async def put(self, msg: bytes | str) -> None:
+        if self.closed:
+            return
         if self.queue.full():
             try:
                 await asyncio.wait_for(self.queue.put(msg), self.stall_s)
@@ -90,6 +103,7 @@ class Outbox:
             transport.abort()
 
     async def close(self) -> None:
+        self._discard()
         self._task.cancel()
         with contextlib.suppress(BaseException):
             await self._task
