@@ -41,7 +41,7 @@ class EventProducer:
         kw.update(overrides)
         self._producer = AIOKafkaProducer(**kw)
         self._names: dict[str, str] = {}
-        self._pending: dict[str, int] = {}
+        self._trackers: dict[str, _Delivery] = {}
 
     @property
     def raw(self) -> AIOKafkaProducer:
@@ -77,7 +77,10 @@ class EventProducer:
         # when the event entered the log.
         fut = await self._producer.send(name, encode(event), key=k.encode() if k else None,
                                         partition=partition, timestamp_ms=event.ts_ingest // 1_000_000 or None)
-        fut.add_done_callback(_Delivery(name, time.monotonic()))
+        tracker = self._trackers.get(name)
+        if tracker is None:
+            tracker = self._trackers[name] = _Delivery(name)
+        fut.add_done_callback(tracker)
         return fut
 
     async def send_and_wait(self, base_topic: str, event: Event, **kw: Any) -> Any:
@@ -88,17 +91,28 @@ class EventProducer:
 
 
 class _Delivery:
-    """Done-callback that counts deliveries; a small class, not a closure, to stay cheap."""
+    """One per topic: the done-callback that counts deliveries and failures.
 
-    __slots__ = ("topic", "t0")
+    It sits on the hot path of every send, so the labelled counters are resolved once, and the
+    acknowledgement latency is sampled from the gaps between acknowledgements of one in
+    ``SAMPLE`` records rather than timed per record."""
 
-    def __init__(self, topic: str, t0: float):
-        self.topic = topic
-        self.t0 = t0
+    SAMPLE = 64
+    __slots__ = ("ok", "failed", "n", "t_last")
+
+    def __init__(self, topic: str):
+        self.ok = metrics.PRODUCED.labels(topic)
+        self.failed = metrics.PRODUCE_FAILED.labels(topic)
+        self.n = 0
+        self.t_last = time.monotonic()
 
     def __call__(self, fut: asyncio.Future) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            metrics.PRODUCE_FAILED.labels(self.topic).inc()
-        else:
-            metrics.PRODUCED.labels(self.topic).inc()
-            metrics.DELIVERY_SECONDS.observe(time.monotonic() - self.t0)
+            self.failed.inc()
+            return
+        self.ok.inc()
+        self.n += 1
+        if self.n % self.SAMPLE == 0:
+            now = time.monotonic()
+            metrics.ACK_INTERVAL_SECONDS.observe((now - self.t_last) / self.SAMPLE)
+            self.t_last = now

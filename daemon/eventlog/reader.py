@@ -6,8 +6,7 @@ dead-letter topic with the reason, the dead-letter counter moves, and reading go
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
@@ -19,8 +18,7 @@ from schemas.settings import Settings
 from schemas.topics import BY_NAME
 
 
-@dataclass(frozen=True)
-class Position:
+class Position(NamedTuple):
     topic: str
     partition: int
     offset: int
