@@ -22,6 +22,8 @@ class TopicSpec:
     dead_letter: str | None = "deadletter"
     description: str = ""
     config: dict[str, str] = field(default_factory=dict)
+    # one partition, never overridden: consumers need a total order (see learn.groups)
+    total_order: bool = False
 
     def kafka_config(self) -> dict[str, str]:
         cfg = {"cleanup.policy": "compact" if self.compacted else "delete"}
@@ -38,10 +40,15 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec("agent.prompts", "group_id", 6, 30 * DAY_MS, description="the context of each group"),
     TopicSpec("agent.actions", "group_id", 6, 30 * DAY_MS, description="every candidate the policy sampled"),
     TopicSpec("agent.outcomes", "group_id", 6, 30 * DAY_MS, description="reward per candidate"),
-    TopicSpec("learn.groups", "group_id", 6, None, description="closed GRPO groups, the learner's input"),
+    # One partition: the learner applies groups in log order, and replay must see the same order
+    # to reproduce the checksums. A group closes every few seconds per symbol, far below what
+    # one partition carries.
+    TopicSpec("learn.groups", "group_id", 1, None, description="closed GRPO groups, the learner's input",
+              total_order=True),
     TopicSpec("learn.updates", "block", 6, None, description="one record per block weight change"),
-    TopicSpec("learn.snapshots", "snapshot_id", 1, None, description="snapshot markers with consumed offsets"),
-    TopicSpec("learn.guard", "policy_version", 1, None, description="collapse guard actions"),
+    TopicSpec("learn.snapshots", "snapshot_id", 1, None, description="snapshot markers with consumed offsets",
+              total_order=True),
+    TopicSpec("learn.guard", "policy_version", 1, None, description="collapse guard actions", total_order=True),
     TopicSpec("deadletter", "source topic", 3, 30 * DAY_MS, dead_letter=None,
               description="undecodable or out-of-schema input with the reason"),
 )
@@ -62,8 +69,8 @@ def catalogue(prefix: str = "", partitions: int | None = None) -> list[TopicSpec
     for t in CATALOGUE:
         out.append(TopicSpec(
             name=f"{prefix}{t.name}", key=t.key,
-            partitions=partitions or t.partitions, retention_ms=t.retention_ms,
-            compacted=t.compacted,
+            partitions=t.partitions if t.total_order else (partitions or t.partitions),
+            retention_ms=t.retention_ms, compacted=t.compacted, total_order=t.total_order,
             dead_letter=None if t.dead_letter is None else f"{prefix}{t.dead_letter}",
             description=t.description, config=dict(t.config),
         ))
