@@ -52,6 +52,10 @@ class Pacer:
                 await asyncio.sleep(0)
 
 
+class Binary(bytes):
+    """A frame to send as a binary websocket frame (everything else goes out as text)."""
+
+
 class Outbox:
     """One connection's send queue and writer task.
 
@@ -72,7 +76,7 @@ class Outbox:
             while True:
                 msg = await self.queue.get()
                 # bytes are recorded JSON text: send them as a text frame, unchanged
-                await self.ws.send(msg, text=True)
+                await self.ws.send(msg, text=not isinstance(msg, Binary))
                 self.sent += 1
         except Exception:  # the connection closing ends the writer
             pass

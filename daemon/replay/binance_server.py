@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from daemon.replay._serving import Outbox, Pacer, http_reply, is_websocket
+from daemon.replay._serving import Binary, Outbox, Pacer, http_reply, is_websocket
 from daemon.replay.captures import MARKETS, Book, Capture, canonical_stream, dumps, exchange_info, find_captures, loads
 
 log = structlog.get_logger(__name__)
@@ -139,8 +139,11 @@ class BinanceReplayServer:
                     await ws.close(1001, "replay server drop")
         return len(conns)
 
-    async def inject(self, market: str, stream: str, frame: bytes | str) -> int:
-        """Send ``frame`` as is to every subscriber of ``stream`` (e.g. a malformed frame)."""
+    async def inject(self, market: str, stream: str, frame: bytes | str, *, binary: bool = False) -> int:
+        """Send ``frame`` as is to every subscriber of ``stream`` (e.g. a malformed frame); as a
+        binary frame with ``binary`` (a text frame must be valid UTF-8)."""
+        if binary:
+            frame = Binary(frame.encode() if isinstance(frame, str) else frame)
         subs = list(self._subs.get((market, canonical_stream(stream)), ()))
         for ob in subs:
             await ob.put(frame)

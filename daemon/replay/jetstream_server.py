@@ -22,7 +22,7 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from daemon.errors import ReplayError
-from daemon.replay._serving import Outbox, Pacer, http_reply, is_websocket
+from daemon.replay._serving import Binary, Outbox, Pacer, http_reply, is_websocket
 from daemon.replay.captures import loads
 
 log = structlog.get_logger(__name__)
@@ -139,8 +139,11 @@ class JetstreamReplayServer:
                     await ws.close(1001, "replay server drop")
         return len(conns)
 
-    async def inject(self, frame: bytes | str) -> int:
-        """Send ``frame`` as is to every connection (e.g. a malformed one)."""
+    async def inject(self, frame: bytes | str, *, binary: bool = False) -> int:
+        """Send ``frame`` as is to every connection (e.g. a malformed one); as a binary frame
+        with ``binary`` (a text frame must be valid UTF-8, or the client's websocket fails)."""
+        if binary:
+            frame = Binary(frame.encode() if isinstance(frame, str) else frame)
         subs = [ob for ob, _ in self._subs.values()]
         for ob in subs:
             await ob.put(frame)
