@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel
@@ -141,6 +141,15 @@ def id_time_ms(ev: Event) -> int:
         return ev.ts_ingest // 1_000_000
 
 
+def dead_letter_origin(ev: Event) -> str:
+    """What a dead letter is about. A consumer that crashes after dead-lettering a record and
+    reads it again writes a second DeadLetter with a fresh event_id for the same input; the
+    input's Kafka coordinates are what make the two one. Input from outside Kafka (offset -1)
+    has only its event_id."""
+    assert isinstance(ev, DeadLetter)
+    return f"{ev.source_topic}:{ev.partition}:{ev.offset}" if ev.offset >= 0 else ev.event_id
+
+
 # Columns the sink fills from the Kafka record rather than from the event.
 KAFKA_COLUMNS = (("kafka_topic", "LowCardinality(String)"), ("kafka_partition", "UInt16"), ("kafka_offset", "UInt64"))
 
@@ -152,10 +161,12 @@ class TableSpec:
     order_by: str
     partition_by: str = "toYYYYMM(id_time)"
     ttl: str | None = None
-    extra: list[str] = field(default_factory=list)
+    # the column whose equal values are one event; the sort key ends in it
+    identity: str = "event_id"
+    derived: tuple[Column, ...] = ()
 
     def columns(self) -> list[Column]:
-        return columns_for(self.record)
+        return columns_for(self.record) + list(self.derived)
 
     def create_sql(self, db: str) -> str:
         cols = [f"    `{c.name}` {c.ch_type}" for c in self.columns()]
@@ -192,7 +203,8 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("block_updates", BlockUpdate, "block, step, event_id"),
     TableSpec("snapshots", SnapshotMarker, "policy_version, event_id"),
     TableSpec("guard_actions", GuardAction, "policy_version, event_id"),
-    TableSpec("dead_letters", DeadLetter, f"source_topic, {_HOURLY}, event_id"),
+    TableSpec("dead_letters", DeadLetter, "source_topic, origin", identity="origin",
+              derived=(Column("origin", "String", dead_letter_origin),)),
 )
 
 BY_RECORD: dict[type[Event], TableSpec] = {t.record: t for t in TABLES}

@@ -153,20 +153,24 @@ class Sink:
         self.stats.batches += 1
 
     def _dedupe(self, spec: TableSpec, items: list[tuple[ConsumerRecord, Event]]) -> list[tuple[ConsumerRecord, Event]]:
+        cols = {c.name: c.get for c in spec.columns()}
+        identity = cols[spec.identity]
         unique: dict[str, tuple[ConsumerRecord, Event]] = {}
         for rec, ev in items:
-            unique.setdefault(ev.event_id, (rec, ev))
-        ids = list(unique)
-        id_col = next(c for c in spec.columns() if c.name == "id_time")
-        times = [id_col.get(ev) for _, ev in unique.values()]
-        # the id_time bounds prune partitions and sort-key ranges; the bloom index does the rest
+            unique.setdefault(identity(ev), (rec, ev))
+        params: dict[str, Any] = {"ids": list(unique)}
+        where = ""
+        if spec.identity == "event_id":
+            # id_time is a function of event_id: its bounds prune partitions and key ranges
+            times = [cols["id_time"](ev) for _, ev in unique.values()]
+            params.update(lo=min(times), hi=max(times))
+            where = ("id_time BETWEEN fromUnixTimestamp64Milli({lo:Int64}) AND fromUnixTimestamp64Milli({hi:Int64}) "
+                     "AND ")
         r = self._store.query(
-            f"SELECT event_id FROM {self._db}.{spec.name} WHERE id_time BETWEEN "
-            "fromUnixTimestamp64Milli({lo:Int64}) AND fromUnixTimestamp64Milli({hi:Int64}) "
-            "AND event_id IN {ids:Array(String)}",
-            {"lo": min(times), "hi": max(times), "ids": ids})
+            f"SELECT {spec.identity} FROM {self._db}.{spec.name} WHERE {where}{spec.identity} IN {{ids:Array(String)}}",
+            params)
         present = {row[0] for row in r.rows}
-        return [item for eid, item in unique.items() if eid not in present]
+        return [item for key, item in unique.items() if key not in present]
 
     async def _commit(self, reader: GroupReader, batch_ends: dict[Any, int]) -> None:
         if self._before_commit is not None:
