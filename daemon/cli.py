@@ -53,7 +53,7 @@ def _register() -> None:
 
     app.add_typer(cli_kafka.kafka_app, name="kafka")
     app.add_typer(cli_kafka.topics_app, name="topics")
-    for name in ("cli_streams", "cli_run", "cli_learner", "cli_analytics", "cli_bench"):
+    for name in ("cli_streams", "cli_run", "cli_daemon", "cli_analytics", "cli_bench"):
         try:
             module = __import__(f"daemon.{name}", fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -122,6 +122,8 @@ class LearnerSettings(_Section):
     max_pending_groups: int = Field(256, ge=1)
     backpressure: Literal["coalesce", "skip"] = "coalesce"
     initial_snapshot: Path | None = None
+    bootstrap_steps: int = Field(600, ge=0, description="grammar pretraining steps for a fresh model")
+    keep_snapshots: int = Field(5, ge=1)
     # forwarded to learners.LearnerConfig, which validates it (kept loose here: schemas cannot
     # import learners)
     config: dict[str, Any] = {}

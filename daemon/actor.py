@@ -1,0 +1,153 @@
+"""The actor: at a cadence per symbol, prompt → G candidates → Action events → one to the executor.
+
+Time is the market's: a decision is due when a symbol's event time passes its next decision
+instant, so replays at any speed and live data decide alike. A decision is taken on the context
+*at* that instant (``t0``), and rewards are scored from the book path after ``t0``, however long
+sampling takes in wall time. While the model is busy, at most one decision per symbol waits;
+newer ones replace it and the replaced one is counted as skipped (bounded memory, fresh context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from daemon import metrics
+from daemon.context import ContextWindow
+from daemon.policy import ResidentPolicy
+from learners.grammar import Invalid, format_market_prompt, parse_action
+from schemas import Action, MarketActionSpec, Prompt
+from schemas.settings import ActorSettings, GroupConfig
+
+Emit = Callable[[str, object], Awaitable[None]]
+Execute = Callable[[Action, tuple], Awaitable[None]]
+
+
+@dataclass
+class Decision:
+    symbol: str
+    exchange: str
+    t0_ns: int
+    features: dict[str, float]
+    quote: tuple
+
+
+def clamp_horizon(spec: MarketActionSpec, max_horizon_s: float) -> MarketActionSpec:
+    if spec.horizon_s <= max_horizon_s:
+        return spec
+    return spec.model_copy(update={"horizon_s": max_horizon_s})
+
+
+def choose_candidate(actions: list[Action], how: str, rng: random.Random) -> Action:
+    """Which candidate goes to the executor: a uniform draw among the valid ones (the samples
+    already follow the policy) or the modal action (the policy's most likely choice)."""
+    valid = [a for a in actions if a.parsed is not None]
+    if not valid:
+        return actions[0]
+    if how == "sample":
+        return rng.choice(valid)
+    counts = Counter((a.parsed.side, a.parsed.size) for a in valid)  # type: ignore[union-attr]
+    best = counts.most_common(1)[0][0]
+    return next(a for a in valid if (a.parsed.side, a.parsed.size) == best)  # type: ignore[union-attr]
+
+
+class Actor:
+    """Consumes decisions, samples groups from the resident policy, emits Prompt and Action events.
+
+    Delivery: every candidate of a group is emitted before the executor sees one of them.
+    ``stop()`` lets the decision in flight finish; queued decisions are dropped (and counted).
+    """
+
+    def __init__(self, policy: ResidentPolicy, context: ContextWindow, emit: Emit, execute: Execute | None,
+                 actor: ActorSettings, groups: GroupConfig, *, seed: int = 0):
+        self.policy = policy
+        self.context = context
+        self.emit = emit
+        self.execute = execute
+        self.cfg = actor
+        self.group_size = groups.group_size
+        self._next_due: dict[str, int] = {}
+        self._pending: dict[str, Decision] = {}
+        self._wake = asyncio.Event()
+        self._rng = random.Random(seed)
+        self._seed_rng = random.Random(seed + 1)
+        self._task: asyncio.Task | None = None
+        self.decisions = 0
+        self.skipped = 0
+
+    def on_market_event(self, symbol: str, exchange: str, ts_event: int) -> None:
+        """Called for every market record after the context saw it: schedules due decisions."""
+        cadence = int(self.cfg.cadence_s * 1e9)
+        due = self._next_due.get(symbol)
+        if due is None:
+            self._next_due[symbol] = ts_event + cadence  # one cadence of context before the first
+            return
+        if ts_event < due:
+            return
+        self._next_due[symbol] = due + cadence * max(1, (ts_event - due) // cadence + 1)
+        features = self.context.features(symbol, ts_event)
+        quote = self.context.last_quote(symbol)
+        if features is None or quote is None:
+            return
+        if symbol in self._pending:
+            self.skipped += 1
+            metrics.DECISIONS_SKIPPED.inc()
+        self._pending[symbol] = Decision(symbol, exchange, ts_event, features, quote)
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="actor")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass  # the cancellation we asked for
+        self.skipped += len(self._pending)
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                symbol = next(iter(self._pending))
+                await self.decide(self._pending.pop(symbol))
+
+    async def decide(self, d: Decision) -> list[Action]:
+        prompt_text = format_market_prompt(d.symbol.replace("/", "").split(":")[0], d.features)
+        seed = self._seed_rng.getrandbits(31)
+        completions, version = await self.policy.sample(prompt_text, self.group_size, seed,
+                                                        temperature=None, top_p=self.cfg.top_p)
+        group_id = str(uuid.uuid4())  # from OS entropy: a restarted actor must never reuse an id
+        prompt = Prompt(prompt_id=group_id, symbol=d.symbol, text=prompt_text, features=d.features,
+                        policy_version=version, ts_event=d.t0_ns, key=group_id, source="actor")
+        await self.emit("agent.prompts", prompt)
+        actions = []
+        for i, text in enumerate(completions):
+            parsed = parse_action(text, "market")
+            common = dict(group_id=group_id, candidate_index=i, group_size=len(completions), policy_version=version,
+                          seed=seed, prompt_id=group_id, symbol=d.symbol, exchange=d.exchange, prompt=prompt_text,
+                          completion=text, ts_event=d.t0_ns, key=group_id, source="actor")
+            if isinstance(parsed, Invalid):
+                actions.append(Action(**common, invalid_reason=parsed.reason))
+            elif not isinstance(parsed, MarketActionSpec):
+                actions.append(Action(**common, invalid_reason=f"expected a market action, got {parsed.kind}"))
+            else:
+                actions.append(Action(**common, parsed=clamp_horizon(parsed, self.cfg.horizon_s)))
+        chosen = choose_candidate(actions, self.cfg.choose, self._rng)
+        actions[chosen.candidate_index] = chosen = chosen.model_copy(update={"executed": True})
+        for a in actions:
+            await self.emit("agent.actions", a)
+        self.decisions += 1
+        metrics.ACTIONS.inc(len(actions))
+        metrics.INVALID_ACTIONS.inc(sum(1 for a in actions if a.parsed is None))
+        if self.execute is not None and chosen.parsed is not None:
+            await self.execute(chosen, d.quote)
+        return actions

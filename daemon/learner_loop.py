@@ -1,0 +1,170 @@
+"""The continuous learner loop: learn.groups → block-local step → learn.updates, with snapshots.
+
+Exactly-once effect: the model and the offset of the next group to apply are saved together in
+one snapshot. On start the loop loads the newest snapshot and reads ``learn.groups`` from its
+offset, so every group after the snapshot is applied exactly once to the restored weights. The
+updates re-emitted for groups applied after the last snapshot and before a crash carry the same
+deterministic event ids as the first time, so consumers of ``learn.updates`` dedupe them.
+
+``learn.groups`` has one partition (see ``schemas.topics``): the apply order is the log order.
+Backpressure: at most ``max_pending_groups`` groups wait; past that, ``skip`` or ``coalesce``
+(see ``daemon.learning.plan_batches``), every dropped group counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from daemon import metrics, snapshots
+from daemon.eventlog import DeadLetterer, EventProducer
+from daemon.eventlog.connection import client_kwargs, topic
+from daemon.eventlog.reader import decode_or_none
+from daemon.learning import Ewma, coalesce, plan_batches
+from daemon.logging import get_logger
+from daemon.policy import ResidentPolicy
+from schemas import GRPOGroup, SnapshotMarker
+from schemas.settings import Settings
+
+log = get_logger("learner")
+
+
+class LearnerLoop:
+    def __init__(self, settings: Settings, policy: ResidentPolicy, producer: EventProducer,
+                 snapshot_root: Path, start_offset: int):
+        self.s = settings
+        self.policy = policy
+        self.producer = producer
+        self.snapshot_root = snapshot_root
+        self.groups_topic = topic(settings, "learn.groups")
+        self.tp = TopicPartition(self.groups_topic, 0)
+        self.next_offset = start_offset
+        self.dead_letter = DeadLetterer(producer, source="learner")
+        self.reward = Ewma()
+        self.updates_applied = 0
+        self.groups_applied = 0
+        self.groups_dropped = 0
+        self.latencies: list[float] = []  # group close → weights, seconds (bounded below)
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(**client_kwargs(self.s), enable_auto_commit=False,
+                                          isolation_level="read_committed", max_poll_records=500)
+        await self._consumer.start()
+        self._consumer.assign([self.tp])
+        self._consumer.seek(self.tp, self.next_offset)
+        self._task = asyncio.create_task(self._run(), name="learner-loop")
+        self.ready.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass  # the cancellation we asked for
+        if self._consumer:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            got = await self._consumer.getmany(self.tp, timeout_ms=500)
+            records = got.get(self.tp, [])
+            if records:
+                await self.handle(records)
+            highwater = self._consumer.highwater(self.tp)
+            if highwater is not None:
+                metrics.LEARNER_LAG.set(max(0, highwater - self.next_offset))
+            await self.maybe_snapshot()
+
+    async def handle(self, records) -> None:
+        groups: list[tuple[int, GRPOGroup]] = []
+        for rec in records:
+            ev, reason = decode_or_none(rec)
+            if ev is None or not isinstance(ev, GRPOGroup):
+                await self.dead_letter(rec, reason or f"expected learn.group, got {getattr(ev, 'type', '?')}",
+                                       "DecodeError" if ev is None else "WrongType")
+                metrics.DEAD_LETTERS.labels("learner").inc()
+                continue
+            groups.append((rec.offset, ev))
+        last_offset = records[-1].offset
+        batches, dropped = plan_batches([g for _, g in groups], self.s.learner.max_pending_groups,
+                                        self.s.learner.backpressure)
+        if dropped:
+            self.groups_dropped += dropped
+            metrics.GROUPS_DROPPED.inc(dropped)
+            log.warning("learner behind: groups dropped", dropped=dropped, mode=self.s.learner.backpressure)
+        for batch in batches:
+            await self.apply(batch)
+        self.next_offset = last_offset + 1
+
+    async def apply(self, batch: list[GRPOGroup]) -> None:
+        group = coalesce(batch)
+        for g in batch:
+            metrics.GROUPS_IN.labels(g.status).inc()
+        updates, seconds = await self.policy.apply(group)
+        metrics.STEP_SECONDS.observe(seconds)
+        for u in updates:
+            if len(batch) > 1:
+                u = u.model_copy(update={"coalesced": len(batch)})
+            await self.producer.send("learn.updates", u)
+            metrics.UPDATES.labels(str(u.block)).inc()
+        if updates:
+            self.updates_applied += len(updates)
+            self.groups_applied += len(batch)
+            self._since_snapshot += 1
+            lat = max(0.0, time.time() - max(g.ts_ingest for g in batch) / 1e9)
+            metrics.GROUP_TO_WEIGHTS.observe(lat)
+            self.latencies.append(lat)
+            del self.latencies[:-10_000]
+        for g in batch:
+            if g.rewards:
+                metrics.REWARD_EWMA.set(self.reward.update(sum(g.rewards) / len(g.rewards)))
+        metrics.POLICY_VERSION.set(self.policy.policy_version)
+
+    async def maybe_snapshot(self, force: bool = False) -> Path | None:
+        due = (self._since_snapshot >= self.s.learner.snapshot_every_updates
+               or (self._since_snapshot > 0 and time.monotonic() - self._last_snapshot >= self.s.learner.snapshot_every_s))
+        if not (force or due):
+            return None
+        return await self.snapshot()
+
+    async def snapshot(self) -> Path:
+        offsets = {f"learn.groups:0": self.next_offset}
+        path = await asyncio.to_thread(self.policy.with_state,
+                                       lambda st: snapshots.write_snapshot(st, self.snapshot_root, offsets))
+        await self.producer.flush()  # the updates before it are durable before the marker says so
+        info = snapshots.read_snapshot_info(path)
+        marker = SnapshotMarker(snapshot_id=path.name, path=str(path), policy_version=info["policy_version"],
+                                step=info["step"], offsets=offsets, checksum=_state_checksum(self.policy),
+                                key=path.name, source="learner")
+        await self.producer.send_and_wait("learn.snapshots", marker)
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        metrics.SNAPSHOTS.inc()
+        log.info("snapshot written", path=str(path), policy_version=marker.policy_version, offset=self.next_offset)
+        return path
+
+
+def _state_checksum(policy: ResidentPolicy) -> str:
+    return policy.with_state(model_checksum)  # type: ignore[return-value]
+
+
+def model_checksum(state) -> str:
+    """sha256 over the per-block checksums: one value for the whole model."""
+    import hashlib
+
+    from learners.core import block_checksum
+
+    h = hashlib.sha256()
+    for b in range(len(state.model.blocks)):
+        h.update(block_checksum(state.model, b).encode())
+    return h.hexdigest()

@@ -1,0 +1,71 @@
+"""Pure helpers of the learner loop: coalescing groups under backpressure, reward averages."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from schemas import GRPOGroup
+
+COALESCE_SEP = "+"
+
+
+def coalesce(groups: Sequence[GRPOGroup]) -> GRPOGroup:
+    """Several closed groups as one update: completions, rewards and advantages concatenated.
+
+    Each group's advantages were already normalised within that group, so concatenating keeps
+    their scale; wd1's softmax weights then span the union, which damps each group's pull
+    compared with separate steps. That is the price of keeping up, and why ``BlockUpdate``
+    records how many groups went into it. The id lists every member, so replay can coalesce
+    the same groups the same way.
+    """
+    if len(groups) == 1:
+        return groups[0]
+    first = groups[0]
+    return first.model_copy(update={
+        "group_id": COALESCE_SEP.join(g.group_id for g in groups),
+        "completions": [c for g in groups for c in g.completions],
+        "candidate_indices": [i for g in groups for i in g.candidate_indices],
+        "rewards": [r for g in groups for r in g.rewards],
+        "advantages": [a for g in groups for a in g.advantages],
+        "group_size": sum(g.group_size for g in groups),
+        # a prompt per completion would be exact; the learner takes one prompt per group, so
+        # only groups sharing a prompt may be coalesced (see ``coalescible``)
+    })
+
+
+def coalescible(a: GRPOGroup, b: GRPOGroup) -> bool:
+    return a.prompt == b.prompt and a.task == b.task
+
+
+def plan_batches(groups: Sequence[GRPOGroup], max_pending: int, mode: str) -> tuple[list[list[GRPOGroup]], int]:
+    """Decide what to apply when ``groups`` are waiting: a list of batches (each one update)
+    and the number of groups dropped. Under ``max_pending`` every group is its own update.
+    Over it, ``skip`` drops the oldest surplus and ``coalesce`` merges neighbours that share a
+    prompt, then drops whatever is still over the limit."""
+    if len(groups) <= max_pending:
+        return [[g] for g in groups], 0
+    if mode == "skip":
+        surplus = len(groups) - max_pending
+        return [[g] for g in groups[surplus:]], surplus
+    batches: list[list[GRPOGroup]] = []
+    for g in groups:
+        if batches and coalescible(batches[-1][-1], g):
+            batches[-1].append(g)
+        else:
+            batches.append([g])
+    dropped = 0
+    if len(batches) > max_pending:
+        surplus = len(batches) - max_pending
+        dropped = sum(len(b) for b in batches[:surplus])
+        batches = batches[surplus:]
+    return batches, dropped
+
+
+class Ewma:
+    def __init__(self, alpha: float = 0.05):
+        self.alpha = alpha
+        self.value: float | None = None
+
+    def update(self, x: float) -> float:
+        self.value = x if self.value is None else (1 - self.alpha) * self.value + self.alpha * x
+        return self.value

@@ -1,0 +1,181 @@
+"""The daemon process: sources → Kafka, actor, executor, learner loop, HTTP. One asyncio loop.
+
+``Daemon.start()`` brings the parts up in dependency order (model, producer, learner, actor,
+sources, HTTP); ``stop()`` takes them down in reverse, then flushes and writes a final snapshot,
+so a SIGTERM loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from daemon import kafka_local, metrics, snapshots
+from daemon.actor import Actor
+from daemon.context import ContextWindow
+from daemon.eventlog import EventProducer
+from daemon.executors import KillSwitch, LiveExecutor, PaperExecutor
+from daemon.http import HttpServer
+from daemon.learner_loop import LearnerLoop, model_checksum
+from daemon.logging import get_logger
+from daemon.policy import ResidentPolicy
+from schemas import BookTicker, DeadLetter, Event, MarketTrade, SocialEngagement, SocialPost, StreamGap
+from schemas.settings import ExchangeSettings, Settings
+
+log = get_logger("daemon")
+
+
+def learner_config(settings: Settings):
+    from learners.core import LearnerConfig
+
+    cfg = dict(settings.learner.config)
+    if settings.learner.device != "auto":
+        cfg["device"] = settings.learner.device
+    return LearnerConfig(**cfg)
+
+
+def load_or_bootstrap(settings: Settings) -> tuple[Any, Path]:
+    """The newest snapshot under the data folder; else the configured initial snapshot; else a
+    freshly bootstrapped model saved as the initial snapshot."""
+    from learners.bootstrap import ensure_initial_snapshot
+
+    root = snapshots.snapshot_root(settings.data_dir)
+    newest = snapshots.newest_snapshot(root)
+    if newest is None:
+        initial = settings.learner.initial_snapshot or root / "0000000000-bootstrap"
+        log.info("no snapshot yet: bootstrapping the initial model", path=str(initial))
+        newest = ensure_initial_snapshot(initial, learner_config(settings), steps=settings.learner.bootstrap_steps,
+                                         progress=False)
+    device = None if settings.learner.device == "auto" else settings.learner.device
+    return snapshots.load(newest, device=device), newest
+
+
+class Daemon:
+    def __init__(self, settings: Settings, *, exchanges: list[ExchangeSettings] | None = None,
+                 jetstream_url: str | None = None, live_trading_acknowledged: bool = False,
+                 live_exchange: Any = None):
+        self.s = settings
+        self.exchanges = exchanges if exchanges is not None else settings.sources.exchanges
+        self.jetstream_url = jetstream_url
+        self.context = ContextWindow()
+        self.kill = KillSwitch(settings.data_dir / "KILL" if settings.executor.kill_switch_file == Path(".eigenloop/KILL")
+                               else settings.executor.kill_switch_file)
+        if settings.executor.mode == "live":
+            self.executor: Any = LiveExecutor.create(settings.executor, self.kill, live_exchange,
+                                                     acknowledged=live_trading_acknowledged)
+        else:
+            self.executor = PaperExecutor(settings.executor, self.kill)
+        self.events_in = 0
+        self.dead_letters = 0
+        self.started_at = time.time()
+        self._broker_ok_at = 0.0
+        self.parts: list[Any] = []
+
+    async def start(self) -> None:
+        s = self.s
+        state, snap = await asyncio.to_thread(load_or_bootstrap, s)
+        self.policy = ResidentPolicy(state)
+        self.loaded_snapshot = snap
+        offset = snapshots.snapshot_offsets(snap).get("learn.groups:0", 0)
+        log.info("model loaded", snapshot=str(snap), policy_version=state.policy_version, offset=offset)
+        metrics.POLICY_VERSION.set(state.policy_version)
+        self.producer = EventProducer(s)
+        await self.producer.start()
+        self._broker_ok_at = time.monotonic()
+        self.learner = LearnerLoop(s, self.policy, self.producer, snapshots.snapshot_root(s.data_dir), offset)
+        await self.learner.start()
+        self.actor = Actor(self.policy, self.context, self._emit, self.executor.execute, s.actor, s.groups,
+                           seed=int(time.time()))
+        await self.actor.start()
+        self.parts = [self.learner, self.actor]
+        if self.exchanges:
+            from daemon.sources.market import MarketSource
+
+            self.market = MarketSource(self.exchanges, self.on_market, dead_letter=self.on_dead_letter,
+                                       backoff_initial_s=s.sources.backoff_initial_s,
+                                       backoff_max_s=s.sources.backoff_max_s)
+            await self.market.start()
+            self.parts.append(self.market)
+        if self.jetstream_url:
+            from daemon.sources.social import JetstreamSource
+
+            self.social = JetstreamSource(self.jetstream_url, self.on_social, dead_letter=self.on_dead_letter,
+                                          collections=s.sources.social_collections)
+            await self.social.start()
+            self.parts.append(self.social)
+        self.http = HttpServer(s.http.host, s.http.port, health=self.health, ready=self.readiness,
+                               kill_switch=self.kill, snapshot=self._snapshot_now)
+        self.http_port = await self.http.start()
+        self._status_task = asyncio.create_task(self._status_loop(), name="status")
+        log.info("daemon started", http=f"{s.http.host}:{self.http_port}", exchanges=[x.name for x in self.exchanges])
+
+    async def stop(self) -> None:
+        """Graceful: stop inputs first, let the model finish, flush, final snapshot."""
+        self._status_task.cancel()
+        for part in reversed(self.parts):
+            try:
+                await part.stop()
+            except Exception as e:  # noqa: BLE001 - keep stopping the others; the error is logged
+                log.error("stopping part failed", part=type(part).__name__, error=repr(e))
+        await self.producer.flush()
+        path = await self.learner.snapshot()
+        await self.http.stop()
+        await self.producer.stop()
+        log.info("daemon stopped", final_snapshot=str(path), policy_version=self.policy.policy_version)
+
+    async def _emit(self, topic: str, event: Event) -> None:
+        await self.producer.send(topic, event)
+
+    async def on_market(self, ev: Event) -> None:
+        await self.producer.send("market.events", ev, key=getattr(ev, "symbol", ev.key))
+        self.events_in += 1
+        metrics.EVENTS_IN.labels(ev.type).inc()
+        if isinstance(ev, (BookTicker, MarketTrade)):
+            self.context.observe(ev)
+            self.actor.on_market_event(ev.symbol, ev.exchange, ev.ts_event)
+            if isinstance(self.executor, PaperExecutor):
+                self.executor.on_market_time(ev.symbol, ev.ts_event)
+        elif isinstance(ev, StreamGap):
+            log.warning("stream gap", exchange=ev.exchange, symbol=ev.symbol, stream=ev.stream, reason=ev.reason)
+
+    async def on_social(self, ev: Event) -> None:
+        key = ev.uri if isinstance(ev, SocialPost) else getattr(ev, "subject_uri", ev.key)
+        await self.producer.send("social.events", ev, key=key)
+        self.events_in += 1
+        metrics.EVENTS_IN.labels(ev.type).inc()
+        if isinstance(ev, (SocialPost, SocialEngagement)):
+            self.context.observe(ev)
+
+    async def on_dead_letter(self, dl: DeadLetter) -> None:
+        await self.producer.send("deadletter", dl)
+        self.dead_letters += 1
+        metrics.DEAD_LETTERS.labels(dl.source or "source").inc()
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "model_loaded": True, "policy_version": self.policy.policy_version,
+                "uptime_s": round(time.time() - self.started_at, 1)}
+
+    async def readiness(self) -> dict[str, Any]:
+        bootstrap = self.producer.raw.client.hosts[0] if self.producer.raw.client.hosts else None
+        broker = bool(bootstrap) and await asyncio.to_thread(kafka_local.broker_answers, f"{bootstrap[0]}:{bootstrap[1]}", 1.0)
+        learner = self.learner.ready.is_set() and self.learner._task is not None and not self.learner._task.done()
+        return {"ok": broker and learner, "broker": broker, "learner": learner, "model_loaded": True}
+
+    async def _snapshot_now(self) -> str:
+        return str(await self.learner.snapshot())
+
+    def status(self) -> dict[str, Any]:
+        lat = sorted(self.learner.latencies)
+        p = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None)
+        return {"events": self.events_in, "decisions": self.actor.decisions, "groups": self.learner.groups_applied,
+                "updates": self.learner.updates_applied, "policy_version": self.policy.policy_version,
+                "reward_ewma": None if self.learner.reward.value is None else round(self.learner.reward.value, 4),
+                "group_to_weights_p50_s": p(0.5), "group_to_weights_p99_s": p(0.99),
+                "dead_letters": self.dead_letters, "checksum": self.policy.with_state(model_checksum)[:12]}
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            log.info("status", **self.status())
