@@ -6,6 +6,7 @@
 - ``/kill``: POST engages the kill switch (no new orders from then on), DELETE releases it,
   GET tells its state.
 - ``/snapshot``: POST writes a snapshot now and answers with its path (the preStop hook).
+- ``/status``: the compact counters (events, groups, updates, policy_version, reward).
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 class HttpServer:
     def __init__(self, host: str, port: int, *, health: Callable[[], dict[str, Any]],
                  ready: Callable[[], Awaitable[dict[str, Any]]], kill_switch: Any,
-                 snapshot: Callable[[], Awaitable[str]]):
+                 snapshot: Callable[[], Awaitable[str]], status: Callable[[], dict[str, Any]] | None = None):
         self.host, self.port = host, port
         self._health, self._ready, self._kill, self._snapshot = health, ready, kill_switch, snapshot
+        self._status = status or (lambda: {})
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.add_routes([
             web.get("/healthz", self.healthz), web.get("/readyz", self.readyz), web.get("/metrics", self.metrics),
             web.get("/kill", self.kill_status), web.post("/kill", self.kill), web.delete("/kill", self.release),
-            web.post("/snapshot", self.snapshot),
+            web.post("/snapshot", self.snapshot), web.get("/status", self.status_route),
         ])
         self.app = app
 
@@ -69,6 +71,9 @@ class HttpServer:
     async def release(self, request: web.Request) -> web.Response:
         self._kill.release()
         return self._json({"engaged": False})
+
+    async def status_route(self, request: web.Request) -> web.Response:
+        return self._json(self._status())
 
     async def snapshot(self, request: web.Request) -> web.Response:
         path = await self._snapshot()

@@ -106,7 +106,7 @@ class Daemon:
             await self.social.start()
             self.parts.append(self.social)
         self.http = HttpServer(s.http.host, s.http.port, health=self.health, ready=self.readiness,
-                               kill_switch=self.kill, snapshot=self._snapshot_now)
+                               kill_switch=self.kill, snapshot=self._snapshot_now, status=self.status)
         self.http_port = await self.http.start()
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
         log.info("daemon started", http=f"{s.http.host}:{self.http_port}", exchanges=[x.name for x in self.exchanges])
