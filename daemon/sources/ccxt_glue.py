@@ -9,6 +9,7 @@ point with one that catches those, reports the raw frame, and keeps the loop goi
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -156,3 +157,40 @@ def install_guard(ex: Any, on_bad: BadFrame) -> None:
         return c
 
     ex.client = client  # instance attribute: ccxt's own calls to self.client() find it first
+
+
+# The stream whose task is calling into ccxt now (each supervised stream runs in its own task,
+# and a task's context is its own).
+CURRENT_STREAM: contextvars.ContextVar[Any] = contextvars.ContextVar("eigenloop_stream", default=None)
+
+
+def install_drop_tracking(ex: Any, drops: dict[str, int]) -> None:
+    """Count connection losses per URL in ``drops`` and record, on the calling stream's state
+    (``CURRENT_STREAM``, attribute ``urls``), which URLs its ``watch_*`` calls use.
+
+    Why: ccxt rejects only the futures pending when a socket dies. A stream that was busy
+    between two ``watch_*`` calls (awaiting its sink) never sees an error; its next call simply
+    dials again. Comparing these counts before and after a call reveals such silent drops."""
+
+    def counted(method: Callable[..., Any]) -> Callable[..., Any]:
+        def hook(client: Any, *args: Any) -> Any:
+            # on_error is usually followed by on_close for the same connection: count it once;
+            # a dial that never connected is not a drop of a working stream
+            if not getattr(client, "_eigenloop_lost", False) and getattr(client, "isConnected", False):
+                client._eigenloop_lost = True
+                drops[client.url] = drops.get(client.url, 0) + 1
+            return method(client, *args)
+        return hook
+
+    def recorded(method: Callable[..., Any]) -> Callable[..., Any]:
+        def watch(url: str, *args: Any, **kw: Any) -> Any:
+            st = CURRENT_STREAM.get()
+            if st is not None:
+                st.urls.add(url)
+            return method(url, *args, **kw)
+        return watch
+
+    ex.on_error = counted(ex.on_error)
+    ex.on_close = counted(ex.on_close)
+    ex.watch = recorded(ex.watch)
+    ex.watch_multiple = recorded(ex.watch_multiple)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from daemon.errors import ConfigError
 from daemon.sources import metrics
-from daemon.sources.ccxt_glue import install_guard, make_exchange
+from daemon.sources.ccxt_glue import CURRENT_STREAM, install_drop_tracking, install_guard, make_exchange
 from schemas.base import Event
 from schemas.deadletter import DeadLetter
 from schemas.market import BookTicker, DepthUpdate, MarketTrade, StreamGap
@@ -51,6 +51,8 @@ class StreamState:
     last_event_ns: int = 0
     error: str | None = None  # the last error; set for good when the stream gave up
     failed: bool = False
+    urls: set[str] = field(default_factory=set)  # the websocket URLs its watch calls use
+    seen_losses: int = 0  # connection losses on those URLs already accounted for
 
 
 @dataclass
@@ -58,6 +60,7 @@ class _Exchange:
     ex: Any
     settings: ExchangeSettings
     clock_ms: int = 0  # newest exchange timestamp seen, for records that carry none
+    losses: dict[str, int] = field(default_factory=dict)  # connection losses per ws URL
     seen_trades: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
 
 
@@ -129,6 +132,7 @@ class MarketSource:
                                trades_limit=self.trades_limit, options=self.exchange_options.get(cfg.name))
             x = _Exchange(ex=ex, settings=cfg)
             install_guard(ex, lambda raw, reason, etype, _x=x: self._bad_frame(_x, raw, reason, etype))
+            install_drop_tracking(ex, x.losses)
             self._xs.append(x)
             for symbol in cfg.symbols:
                 for channel in self.channels:
@@ -166,7 +170,11 @@ class MarketSource:
         await self.stop()
 
     # supervision ---------------------------------------------------------------------------
+    def _losses(self, x: _Exchange, st: StreamState) -> int:
+        return sum(x.losses.get(u, 0) for u in st.urls)
+
     async def _supervise(self, x: _Exchange, st: StreamState) -> None:
+        CURRENT_STREAM.set(st)
         attempt = 0
         fresh = True  # the next book is the first after a (re)subscribe
         while True:
@@ -182,6 +190,7 @@ class MarketSource:
             except Exception as e:  # ccxt NetworkError and friends, parser bugs: reconnect
                 attempt += 1
                 st.error = f"{type(e).__name__}: {e}"[:500]
+                st.seen_losses = self._losses(x, st)
                 if st.up:
                     st.up, st.drops = False, st.drops + 1
                     await self._gap(x, st, st.error, attempt)
@@ -193,6 +202,15 @@ class MarketSource:
                 await asyncio.sleep(delay)
                 fresh = True
                 continue
+            if st.up and self._losses(x, st) > st.seen_losses:
+                # the socket died while this stream was busy elsewhere and ccxt dialled again
+                # inside this call: a drop all the same, and data in between is missing
+                st.seen_losses = self._losses(x, st)
+                st.drops += 1
+                metrics.RECONNECTS.labels(source=self._label(x, st.symbol), stream=st.channel).inc()
+                log.warning("market.stream_redialled", exchange=st.exchange, symbol=st.symbol, channel=st.channel)
+                await self._gap(x, st, "connection lost between reads; ccxt dialled again", 1)
+                fresh = True
             if not st.up:
                 log.info("market.stream_up", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
                          after_attempts=attempt)

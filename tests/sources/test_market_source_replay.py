@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 
@@ -74,27 +75,29 @@ def test_trades_and_book_tickers_match_the_capture_spot_and_usdm(data_root):
 @pytest.mark.parametrize("abort", [False, True], ids=["close", "abort"])
 def test_websocket_drop_mid_replay_reconnects_with_a_gap_and_no_repeats(data_root, abort):
     truth = [str(d["t"]) for d in capture_data(data_root, "spot", "spot", "btcusdt", "btcusdt@trade")]
+    channels = ("trades", "bids_asks", "order_book")
 
     async def body():
         sink = Collector()
         label = {"source": "binance:spot", "stream": "trades"}
         before = metrics.sample("eigenloop_source_reconnects", **label)
         async with BinanceReplayServer(data_root, {"spot": ["BTCUSDT"]}, speed=20) as srv:
-            src = MarketSource(_settings(srv, usdm=False), sink, backoff_initial_s=0.05, backoff_max_s=0.5,
-                               rng=random.Random(1))
+            src = MarketSource(_settings(srv, usdm=False), sink, channels=channels, backoff_initial_s=0.05,
+                               backoff_max_s=0.5, rng=random.Random(1))
             async with src:
-                await _subscribed(srv, ["spot"])
+                await _subscribed(srv, ["spot"], ("btcusdt@trade", "btcusdt@bookTicker", "btcusdt@depth"))
                 srv.play()
                 await sink.wait(lambda c: len(c.of("market.trade")) >= 200, 60, "trades before the drop")
-                assert await srv.drop_all(abort=abort) >= 2
-                await sink.wait(lambda c: {g.stream for g in c.of("market.stream_gap")} >= {"trades", "bids_asks"},
+                assert await srv.drop_all(abort=abort) == 3
+                await sink.wait(lambda c: {g.stream for g in c.of("market.stream_gap")} == set(channels),
                                 30, "a StreamGap per dropped stream")
                 n_at_gap = len(sink.of("market.trade"))
-                await sink.wait(lambda c: len(c.of("market.trade")) >= n_at_gap + 200, 60, "trades after the drop")
-                states = {s.channel: s for s in src.states}
-                assert states["trades"].up and states["trades"].drops == 1 and not states["trades"].failed
+                await sink.wait(lambda c: len(c.of("market.trade")) >= n_at_gap + 200 and
+                                len([b for b in c.of("market.depth") if b.is_snapshot]) == 2,
+                                60, "trades and a fresh book after the drop")
+                assert all(s.up and s.drops == 1 and not s.failed for s in src.states)
         gaps = sink.of("market.stream_gap")
-        assert len(gaps) == 2 and all(g.symbol == SPOT and g.key == SPOT and g.attempt == 1 for g in gaps)
+        assert len(gaps) == 3 and all(g.symbol == SPOT and g.key == SPOT and g.attempt == 1 for g in gaps)
         gap = next(g for g in gaps if g.stream == "trades")
         idx = sink.events.index(gap)
         last_before = [e for e in sink.events[:idx] if e.type == "market.trade"][-1]
@@ -103,9 +106,28 @@ def test_websocket_drop_mid_replay_reconnects_with_a_gap_and_no_repeats(data_roo
         assert len(ids) == len(set(ids)), "a trade id was repeated"
         pos = [truth.index(i) for i in ids]
         assert pos == sorted(pos), "trades out of capture order"
+        # the book re-synchronised from the server's snapshot after the reconnect: update ids go on rising
+        books = sink.of("market.depth")
+        assert [b.update_id for b in books] == sorted(b.update_id for b in books)
         assert metrics.sample("eigenloop_source_reconnects", **label) >= before + 1
 
     run(body(), 150)
+
+
+def test_a_failing_sink_stops_its_stream_and_is_reported(data_root):
+    async def body():
+        async def sink(event):
+            raise RuntimeError("broker gone")
+
+        async with BinanceReplayServer(data_root, {"spot": ["BTCUSDT"]}, speed=20) as srv:
+            async with MarketSource(_settings(srv, usdm=False), sink, channels=("trades",)) as src:
+                await _subscribed(srv, ["spot"], ("btcusdt@trade",))
+                srv.play()
+                with pytest.raises(RuntimeError, match="broker gone"):
+                    await asyncio.wait_for(src.wait(), 30)
+                assert src.states[0].failed and "broker gone" in src.states[0].error
+
+    run(body(), 60)
 
 
 def test_exchanges_are_built_for_live_and_replay_urls():
