@@ -197,5 +197,8 @@ def sink_command(group_id: str = typer.Option("eigenloop-analytics-sink", help="
 
 
 def register(app: typer.Typer) -> None:
+    from daemon.analytics.replay_cli import replay_command
+
     _register_reports()
     app.add_typer(analytics_app, name="analytics")
+    app.command("replay")(replay_command)
