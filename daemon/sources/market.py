@@ -202,7 +202,12 @@ class MarketSource:
                 await asyncio.sleep(delay)
                 fresh = True
                 continue
-            if st.up and self._losses(x, st) > st.seen_losses:
+            if not st.up:
+                # losses on this URL so far (another stream's, an earlier connection's) are not news
+                st.seen_losses = self._losses(x, st)
+                log.info("market.stream_up", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
+                         after_attempts=attempt)
+            elif self._losses(x, st) > st.seen_losses:
                 # the socket died while this stream was busy elsewhere and ccxt dialled again
                 # inside this call: a drop all the same, and data in between is missing
                 st.seen_losses = self._losses(x, st)
@@ -211,9 +216,6 @@ class MarketSource:
                 log.warning("market.stream_redialled", exchange=st.exchange, symbol=st.symbol, channel=st.channel)
                 await self._gap(x, st, "connection lost between reads; ccxt dialled again", 1)
                 fresh = True
-            if not st.up:
-                log.info("market.stream_up", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
-                         after_attempts=attempt)
             st.up, attempt = True, 0
             try:
                 await self._emit(x, st, result, fresh)
