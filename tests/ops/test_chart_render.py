@@ -91,7 +91,10 @@ def test_daemon_probes_prestop_and_snapshots(scenario):
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["eigenloop", "snapshot", "now"]
     assert pod["terminationGracePeriodSeconds"] >= 60
-    assert c["command"] == ["eigenloop"] and c["args"][0] == "run"
+    assert c["command"] == ["eigenloop"] and c["args"][0] == "daemon"
+    (init,) = pod["initContainers"]
+    assert init["args"] == ["learner", "bootstrap"], "the first model is bootstrapped before the probes start"
+    assert init["resources"] == c["resources"]
     env = {e["name"]: e for e in c["env"]}
     data_dir = env["EIGENLOOP_DATA_DIR"]["value"]
     (claim,) = sts["spec"]["volumeClaimTemplates"]

@@ -88,6 +88,23 @@ switch unless set: a CPU image on a GPU node would leave the GPU idle.
 {{- end }}
 
 {{/*
+The daemon's requests and limits, with the GPU when enabled (requests equal limits for extended
+resources, as the device plugin requires).
+*/}}
+{{- define "eigenloop.daemonResources" -}}
+requests:
+  {{- toYaml .Values.daemon.resources.requests | nindent 2 }}
+  {{- if .Values.gpu.enabled }}
+  nvidia.com/gpu: {{ .Values.gpu.count }}
+  {{- end }}
+limits:
+  {{- toYaml .Values.daemon.resources.limits | nindent 2 }}
+  {{- if .Values.gpu.enabled }}
+  nvidia.com/gpu: {{ .Values.gpu.count }}
+  {{- end }}
+{{- end }}
+
+{{/*
 The partition count of the streams worker's input topics: topics.partitions when set, else the
 catalogue's (schemas/topics.py: market.events, agent.actions and agent.outcomes have 6).
 */}}
