@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from learners.core import has_signal
 from schemas import GRPOGroup
 
 COALESCE_SEP = "+"
@@ -69,3 +70,27 @@ class Ewma:
     def update(self, x: float) -> float:
         self.value = x if self.value is None else (1 - self.alpha) * self.value + self.alpha * x
         return self.value
+
+
+def replay_plan(groups: Sequence[GRPOGroup], applied_ids: Sequence[str] | None) -> list[list[GRPOGroup]]:
+    """What the live learner applied, rebuilt from the log: the groups in log order, batched
+    the way the recorded updates say (``a+b`` ids are coalesced batches), leaving out groups the
+    live learner dropped under backpressure. With no recorded updates, every group in order.
+
+    Groups without signal stay in: the learner's step counts them and changes nothing, as live.
+    """
+    if applied_ids is None:
+        return [[g] for g in groups]
+    by_id = {g.group_id: g for g in groups}
+    batches = {gid.split(COALESCE_SEP)[0]: gid.split(COALESCE_SEP) for gid in applied_ids}
+    members = {m for ms in batches.values() for m in ms}
+    plan: list[list[GRPOGroup]] = []
+    for g in groups:
+        if g.group_id in batches:
+            plan.append([by_id[m] for m in batches[g.group_id] if m in by_id])
+        elif g.group_id in members:
+            continue  # a later member of a coalesced batch, applied with its first member
+        elif not has_signal(g):
+            plan.append([g])
+        # else: a group with signal that no update mentions was dropped under backpressure
+    return plan

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from daemon.eventlog import metrics
 from daemon.eventlog.connection import client_kwargs, topic
 from daemon.eventlog.producer import EventProducer
-from schemas import DeadLetter, DecodeError, Event, decode
+from schemas import DeadLetter, DecodeError, Event, decode, deterministic_event_id
 from schemas.settings import Settings
 from schemas.topics import BY_NAME
 
@@ -34,9 +34,13 @@ class DeadLetterer:
         self.count = 0
 
     async def __call__(self, record: ConsumerRecord, reason: str, error_type: str = "DecodeError") -> DeadLetter:
+        # the id is derived from the record's coordinates: a consumer that crashes and reads the
+        # same bad record again writes the same dead letter, which consumers dedupe
         dl = DeadLetter.from_input(record.value, source_topic=record.topic, reason=reason, error_type=error_type,
                                    partition=record.partition, offset=record.offset, source=self._source,
-                                   key=record.topic)
+                                   key=record.topic, event_id=deterministic_event_id(
+                                       record.timestamp if record.timestamp and record.timestamp > 0 else 0,
+                                       "deadletter", record.topic, record.partition, record.offset))
         await self._producer.send_and_wait("deadletter", dl)
         self.count += 1
         metrics.DEAD_LETTERS.labels(self._source).inc()
