@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 KAFKA_JARS := .cache/kafka/libs/.complete
 PYTEST_ARGS ?=
 
+include mk/ops.mk
+
 .PHONY: setup run test faults bench clean-data help
 
 help:
