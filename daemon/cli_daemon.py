@@ -25,12 +25,36 @@ def _settings():
     return settings()
 
 
+def live_exchange_from_env(settings):
+    """The ccxt exchange that live orders go to: the first configured exchange, with its keys from
+    ``EIGENLOOP_EXCHANGE_<NAME>_API_KEY`` / ``_SECRET`` (Kubernetes Secret references, never
+    settings files)."""
+    import os
+
+    import ccxt.pro as ccxtpro
+
+    from daemon.errors import ConfigError
+
+    name = settings.sources.exchanges[0].name
+    key = os.environ.get(f"EIGENLOOP_EXCHANGE_{name.upper()}_API_KEY")
+    secret = os.environ.get(f"EIGENLOOP_EXCHANGE_{name.upper()}_SECRET")
+    if not key or not secret:
+        raise ConfigError(f"live trading on {name} needs EIGENLOOP_EXCHANGE_{name.upper()}_API_KEY and _SECRET")
+    from daemon.logging import register_secret
+
+    register_secret(key)
+    register_secret(secret)
+    return getattr(ccxtpro, name)({"apiKey": key, "secret": secret, "enableRateLimit": True})
+
+
 async def serve_daemon(settings, *, live_ack: bool, stop: asyncio.Event | None = None) -> None:
     """Run the daemon until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
     from daemon.runtime import Daemon
 
     jetstream = settings.sources.jetstream_url if settings.sources.social else None
-    daemon = Daemon(settings, jetstream_url=jetstream, live_trading_acknowledged=live_ack)
+    live_exchange = live_exchange_from_env(settings) if settings.executor.mode == "live" and live_ack else None
+    daemon = Daemon(settings, jetstream_url=jetstream, live_trading_acknowledged=live_ack,
+                    live_exchange=live_exchange)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -62,10 +86,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(learner_app, name="learner")
 
 
-def _http(method: str, path: str, timeout: float = 120.0) -> dict:
+def _http(method: str, path: str, timeout: float = 120.0, body: dict | None = None) -> dict:
     s = _settings()
     url = f"http://{s.http.host}:{s.http.port}{path}"
-    req = urllib.request.Request(url, method=method)
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -148,6 +173,71 @@ def learner_bootstrap(path: Optional[Path] = typer.Option(None, help="where to w
     from learners.bootstrap import ensure_initial_snapshot
 
     s = _settings()
+    existing = snapshots.newest_snapshot(snapshots.snapshot_root(s.data_dir))
+    if path is None and existing is not None:
+        typer.echo(f"a snapshot exists already ({existing}); nothing to bootstrap")
+        return
     target = path or s.learner.initial_snapshot or snapshots.snapshot_root(s.data_dir) / "0000000000-bootstrap"
     out = ensure_initial_snapshot(target, learner_config(s), steps=steps or s.learner.bootstrap_steps, progress=True)
     typer.echo(f"initial snapshot: {out}")
+
+
+def _pin(snapshot: Path, blocks: list[int], reason: str) -> None:
+    """Online through the running daemon when one answers, else offline on the data folder's
+    newest snapshot (written as a new, newer snapshot; the daemon loads it on start)."""
+    from daemon import snapshots
+    from daemon.cli import fail
+    from learners.snapshot import is_snapshot, pin_blocks
+
+    if not is_snapshot(snapshot):
+        raise fail(f"{snapshot} is not a snapshot directory (see `eigenloop snapshot list`)")
+    try:
+        body = _http("POST", "/pin", body={"snapshot": str(snapshot.resolve()), "blocks": blocks, "reason": reason})
+        typer.echo(f"pinned blocks {body['blocks']} in the running daemon; policy_version {body['policy_version']}; "
+                   f"snapshot {body['snapshot']}")
+        return
+    except urllib.error.HTTPError as e:
+        raise fail(f"the daemon refused: {e.read().decode(errors='replace')}")
+    except (urllib.error.URLError, OSError):
+        pass  # no daemon running: work on the snapshots on disk
+    s = _settings()
+    root = snapshots.snapshot_root(s.data_dir)
+    newest = snapshots.newest_snapshot(root)
+    if newest is None:
+        raise fail(f"no snapshot under {root} to pin into")
+    state = snapshots.load(newest, device="cpu")
+    n = len(state.model.blocks)
+    if not blocks or any(not 0 <= b < n for b in blocks):
+        raise fail(f"blocks {blocks}: the model has blocks 0..{n - 1}")
+    state = pin_blocks(state, snapshot, blocks)
+    out = snapshots.write_snapshot(state, root, snapshots.snapshot_offsets(newest),
+                                   extra={"pinned_from": str(snapshot), "pinned_blocks": blocks, "reason": reason},
+                                   keep=s.learner.keep_snapshots, suffix="-pinned")
+    typer.echo(f"no daemon answered: wrote {out} (blocks {blocks} from {snapshot}); start the daemon to use it")
+
+
+@learner_app.command("pin-blocks")
+def learner_pin_blocks(snapshot: Path = typer.Option(..., help="snapshot to take the blocks from"),
+                       blocks: str = typer.Option(..., help="comma-separated block indices, e.g. 0,2"),
+                       reason: str = typer.Option("operator rollback", help="recorded in the GuardAction")) -> None:
+    """Roll back some blocks to a snapshot (weights + optimizer); the others keep learning."""
+    from daemon.cli import fail
+
+    try:
+        idx = [int(b) for b in blocks.split(",") if b.strip()]
+    except ValueError:
+        raise fail(f"--blocks {blocks!r}: expected comma-separated integers")
+    _pin(snapshot, idx, reason)
+
+
+@learner_app.command("rollback")
+def learner_rollback(snapshot: Path = typer.Option(..., help="snapshot whose whole policy to restore"),
+                     reason: str = typer.Option("operator rollback", help="recorded in the GuardAction")) -> None:
+    """Roll the whole policy back to a snapshot's weights; the log position is kept (no re-learning)."""
+    from daemon.cli import fail
+    from learners.snapshot import is_snapshot, read_snapshot_info
+
+    if not is_snapshot(snapshot):
+        raise fail(f"{snapshot} is not a snapshot directory (see `eigenloop snapshot list`)")
+    n = read_snapshot_info(snapshot)["config"]["model"]["n_blocks"]
+    _pin(snapshot, list(range(n)), reason)

@@ -6,6 +6,7 @@
 - ``/kill``: POST engages the kill switch (no new orders from then on), DELETE releases it,
   GET tells its state.
 - ``/snapshot``: POST writes a snapshot now and answers with its path (the preStop hook).
+- ``/pin``: POST {"snapshot", "blocks", "reason"} restores those blocks from a snapshot.
 - ``/status``: the compact counters (events, groups, updates, policy_version, reward).
 """
 
@@ -21,16 +22,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 class HttpServer:
     def __init__(self, host: str, port: int, *, health: Callable[[], dict[str, Any]],
                  ready: Callable[[], Awaitable[dict[str, Any]]], kill_switch: Any,
-                 snapshot: Callable[[], Awaitable[str]], status: Callable[[], dict[str, Any]] | None = None):
+                 snapshot: Callable[[], Awaitable[str]], status: Callable[[], dict[str, Any]] | None = None,
+                 pin: Callable[[str, list[int], str], Awaitable[dict[str, Any]]] | None = None):
         self.host, self.port = host, port
         self._health, self._ready, self._kill, self._snapshot = health, ready, kill_switch, snapshot
         self._status = status or (lambda: {})
+        self._pin = pin
         self._runner: web.AppRunner | None = None
         app = web.Application()
         app.add_routes([
             web.get("/healthz", self.healthz), web.get("/readyz", self.readyz), web.get("/metrics", self.metrics),
             web.get("/kill", self.kill_status), web.post("/kill", self.kill), web.delete("/kill", self.release),
             web.post("/snapshot", self.snapshot), web.get("/status", self.status_route),
+            web.post("/pin", self.pin),
         ])
         self.app = app
 
@@ -74,6 +78,18 @@ class HttpServer:
 
     async def status_route(self, request: web.Request) -> web.Response:
         return self._json(self._status())
+
+    async def pin(self, request: web.Request) -> web.Response:
+        if self._pin is None:
+            return self._json({"error": "pinning is not available"}, ok=False)
+        try:
+            body = await request.json()
+            result = await self._pin(str(body["snapshot"]), [int(b) for b in body["blocks"]],
+                                     str(body.get("reason", "operator")))
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            return web.Response(text=json.dumps({"error": f"{type(e).__name__}: {e}"}), status=400,
+                                content_type="application/json")
+        return self._json(result)
 
     async def snapshot(self, request: web.Request) -> web.Response:
         path = await self._snapshot()

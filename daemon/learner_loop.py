@@ -140,7 +140,8 @@ class LearnerLoop:
     async def snapshot(self) -> Path:
         offsets = {f"learn.groups:0": self.next_offset}
         path = await asyncio.to_thread(self.policy.with_state,
-                                       lambda st: snapshots.write_snapshot(st, self.snapshot_root, offsets))
+                                       lambda st: snapshots.write_snapshot(st, self.snapshot_root, offsets,
+                                                                       keep=self.s.learner.keep_snapshots))
         await self.producer.flush()  # the updates before it are durable before the marker says so
         info = snapshots.read_snapshot_info(path)
         marker = SnapshotMarker(snapshot_id=path.name, path=str(path), policy_version=info["policy_version"],

@@ -21,3 +21,4 @@ ORDERS = Counter("eigenloop_orders_total", "Orders sent to an executor", ["execu
 KILL_SWITCH = Gauge("eigenloop_kill_switch", "1 while the kill switch stops new orders")
 WS_RECONNECTS = Gauge("eigenloop_ws_reconnects", "Websocket reconnects across all streams")
 DEAD_LETTERS = Counter("eigenloop_daemon_dead_letters_total", "Dead letters written by the daemon", ["source"])
+CUDA_AVAILABLE = Gauge("eigenloop_learner_cuda_available", "1 when the resident model is on a CUDA device")

@@ -36,6 +36,10 @@ def learner_config(settings: Settings):
     return LearnerConfig(**cfg)
 
 
+def settings_wants_cuda(settings: Settings) -> bool:
+    return settings.learner.device == "cuda" or settings.learner.config.get("device") == "cuda"
+
+
 def load_or_bootstrap(settings: Settings) -> tuple[Any, Path]:
     """The newest snapshot under the data folder; else the configured initial snapshot; else a
     freshly bootstrapped model saved as the initial snapshot."""
@@ -81,6 +85,9 @@ class Daemon:
         offset = snapshots.snapshot_offsets(snap).get("learn.groups:0", 0)
         log.info("model loaded", snapshot=str(snap), policy_version=state.policy_version, offset=offset)
         metrics.POLICY_VERSION.set(state.policy_version)
+        metrics.CUDA_AVAILABLE.set(1 if state.device.type == "cuda" else 0)
+        if settings_wants_cuda(s) and state.device.type != "cuda":
+            log.warning("no GPU: the learner runs on CPU", requested=s.learner.device)
         self.producer = EventProducer(s)
         await self.producer.start()
         self._broker_ok_at = time.monotonic()
@@ -106,7 +113,8 @@ class Daemon:
             await self.social.start()
             self.parts.append(self.social)
         self.http = HttpServer(s.http.host, s.http.port, health=self.health, ready=self.readiness,
-                               kill_switch=self.kill, snapshot=self._snapshot_now, status=self.status)
+                               kill_switch=self.kill, snapshot=self._snapshot_now, status=self.status,
+                               pin=self.pin)
         self.http_port = await self.http.start()
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
         log.info("daemon started", http=f"{s.http.host}:{self.http_port}", exchanges=[x.name for x in self.exchanges])
@@ -162,6 +170,25 @@ class Daemon:
         broker = bool(bootstrap) and await asyncio.to_thread(kafka_local.broker_answers, f"{bootstrap[0]}:{bootstrap[1]}", 1.0)
         learner = self.learner.ready.is_set() and self.learner._task is not None and not self.learner._task.done()
         return {"ok": broker and learner, "broker": broker, "learner": learner, "model_loaded": True}
+
+    async def pin(self, snapshot: str, blocks: list[int], reason: str) -> dict[str, Any]:
+        """Restore ``blocks`` from ``snapshot`` in the running model (per-block rollback), record it
+        as a GuardAction, and snapshot at once so replays start after the intervention."""
+        from learners.snapshot import pin_blocks
+        from schemas import GuardAction
+
+        n_blocks = self.policy.with_state(lambda st: len(st.model.blocks))
+        bad = [b for b in blocks if not 0 <= b < n_blocks]  # type: ignore[operator]
+        if bad or not blocks:
+            raise ValueError(f"blocks {blocks}: the model has blocks 0..{n_blocks - 1}")  # type: ignore[operator]
+        state = await asyncio.to_thread(self.policy.with_state, lambda st: pin_blocks(st, snapshot, blocks))
+        self.policy.replace_state(state)  # type: ignore[arg-type]
+        event = GuardAction(action="pin_blocks", reason=reason, policy_version=self.policy.policy_version,
+                            blocks=blocks, key=str(self.policy.policy_version), source="operator")
+        await self.producer.send_and_wait("learn.guard", event)
+        path = await self.learner.snapshot()
+        log.warning("blocks pinned", blocks=blocks, source_snapshot=snapshot, new_snapshot=str(path))
+        return {"blocks": blocks, "policy_version": self.policy.policy_version, "snapshot": str(path)}
 
     async def _snapshot_now(self) -> str:
         return str(await self.learner.snapshot())

@@ -41,10 +41,10 @@ def newest_snapshot(root: Path) -> Path | None:
 
 
 def write_snapshot(state: LearnerState, root: Path, offsets: dict[str, int], keep: int = 5,
-                   extra: dict | None = None) -> Path:
+                   extra: dict | None = None, suffix: str = "") -> Path:
     """Write atomically, then prune to the newest ``keep`` (the bootstrap snapshot is never pruned)."""
     root.mkdir(parents=True, exist_ok=True)
-    name = f"{state.step:010d}-v{state.policy_version}"
+    name = f"{state.step:010d}-v{state.policy_version}{suffix}"
     final = root / name
     tmp = root / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
