@@ -36,6 +36,13 @@ def learner_config(settings: Settings):
     return LearnerConfig(**cfg)
 
 
+def apply_torch_threads(settings: Settings) -> None:
+    if settings.learner.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.learner.torch_threads)
+
+
 def settings_wants_cuda(settings: Settings) -> bool:
     return settings.learner.device == "cuda" or settings.learner.config.get("device") == "cuda"
 
@@ -45,6 +52,7 @@ def load_or_bootstrap(settings: Settings) -> tuple[Any, Path]:
     freshly bootstrapped model saved as the initial snapshot."""
     from learners.bootstrap import ensure_initial_snapshot
 
+    apply_torch_threads(settings)
     root = snapshots.snapshot_root(settings.data_dir)
     newest = snapshots.newest_snapshot(root)
     if newest is None:

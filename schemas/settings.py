@@ -124,6 +124,10 @@ class LearnerSettings(_Section):
     initial_snapshot: Path | None = None
     bootstrap_steps: int = Field(600, ge=0, description="grammar pretraining steps for a fresh model")
     keep_snapshots: int = Field(5, ge=1)
+    # CPU threads for torch in the daemon. One by default: the daemon shares its cores with the
+    # broker, the streams worker and its own event loop, and OpenMP threads that spin on an
+    # oversubscribed machine made a small model's step ~7x slower here. 0 keeps torch's default.
+    torch_threads: int = Field(1, ge=0)
     # forwarded to learners.LearnerConfig, which validates it (kept loose here: schemas cannot
     # import learners)
     config: dict[str, Any] = {}
