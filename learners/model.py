@@ -8,8 +8,8 @@ block's forward pass and sends no gradient anywhere else (NoProp / DiffusionBloc
 stem and head made private too; see reference/learner-digest.md, pitfall 4).
 
 Layer shapes follow nanoGPT; t-conditioning is DiT's adaLN with the modulation zero-initialised.
-Positions use RoPE, so there is no learned position table whose scale could fight the token
-embedding (digest pitfall 1).
+Positions use RoPE plus a learned table counted from the sequence end, initialised at the same
+scale as the token embedding (digest pitfall 1).
 
 This file imports only torch: ``learners.hf_export`` ships it verbatim as the modelling code of
 a transformers checkpoint.
@@ -37,6 +37,7 @@ class ModelConfig:
     overlap: float = 0.05  # gamma: a block trains on its range widened by gamma*width each side
     t_eps: float = 1e-3  # t >= eps keeps the 1/t weight finite
     rope_base: float = 10000.0
+    max_seq_len: int = 256  # learned positions, counted from the sequence end (see DenoiserBlock)
 
 
 def block_range(cfg: ModelConfig, b: int, widen: bool = True) -> tuple[float, float]:
@@ -138,6 +139,7 @@ class DenoiserBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
         self.time = TimeEmbedding(cfg.n_embd)
         self.layers = nn.ModuleList([Layer(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, elementwise_affine=False)
@@ -158,7 +160,10 @@ class DenoiserBlock(nn.Module):
 
     def forward(self, idx: torch.Tensor, t: torch.Tensor, attention_mask: torch.Tensor | None = None):
         B, T = idx.size()
-        x = self.wte(idx)  # (B, T, C)
+        # positions count back from the end: a fixed-length completion always sits at the same
+        # indices whatever the prompt length, which RoPE alone makes the model discover slowly
+        pos = (T - 1 - torch.arange(T, device=idx.device)).clamp(max=self.cfg.max_seq_len - 1)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, C); both N(0, 0.02): matched scales
         c = self.time(t.expand(B) if t.dim() == 0 or t.numel() == 1 else t).to(x.dtype)
         cos, sin = rope_tables(T, x.size(-1) // self.cfg.n_head, self.cfg.rope_base, idx.device)
         attn_mask = None

@@ -41,9 +41,15 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 @torch.no_grad()
 def sample_ids(logits_fn: LogitsFn, prompt_ids: list[int], *, n: int, gen_len: int, steps: int,
                mask_id: int, n_blocks: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
-               seed: int = 0, suppress_ids: tuple[int, ...] = (), device="cpu") -> torch.Tensor:
+               seed: int = 0, suppress_ids: tuple[int, ...] = (), device="cpu",
+               remasking: str = "low_confidence", reveal_window: int | None = None) -> torch.Tensor:
     """Generate ``n`` completions of ``gen_len`` ids; returns a (n, gen_len) LongTensor.
 
+    ``remasking``: "low_confidence" reveals the most confident proposals (LLaDA); "random" reveals
+    random masked positions (MDLM's ancestral order), which keeps more of the model's diversity.
+    ``reveal_window`` (LLaDA's semi-autoregressive block length, as a sliding window): only the
+    leftmost ``reveal_window`` masked positions may be revealed, so early fields (the side of a
+    trade) are decided from their marginal instead of being forced by confident later tokens.
     ``n_blocks`` (when the model has blocks) requires ``steps`` to be a multiple of it, so that
     no step straddles two blocks. ``suppress_ids`` are never proposed (e.g. [PAD], [BOS]).
     """
@@ -68,11 +74,18 @@ def sample_ids(logits_fn: LogitsFn, prompt_ids: list[int], *, n: int, gen_len: i
             probs = top_p_filter((logits / temperature).softmax(-1), top_p)
             prop = torch.multinomial(probs.view(-1, probs.size(-1)), 1, generator=gen).view(n, gen_len)
         conf = probs.gather(-1, prop[..., None]).squeeze(-1)
+        if remasking == "random":
+            conf = torch.rand(conf.shape, generator=gen, device=device)
+        elif remasking != "low_confidence":
+            raise ValueError(f"remasking={remasking!r}; use 'low_confidence' or 'random'")
         is_masked = x[:, P:] == mask_id
-        conf = conf.masked_fill(~is_masked, float("-inf"))
         k = still_masked[i] - still_masked[i + 1]
         if k <= 0:
             continue
+        allowed = is_masked
+        if reveal_window:
+            allowed = is_masked & (is_masked.cumsum(1) <= max(reveal_window, k))
+        conf = conf.masked_fill(~allowed, float("-inf"))
         reveal = conf.topk(k, dim=-1).indices  # (n, k) most confident masked positions
         comp = x[:, P:]
         comp.scatter_(1, reveal, prop.gather(1, reveal))
@@ -86,7 +99,8 @@ def block_of_t_n(n_blocks: int | None, t: float) -> int | None:
 
 
 def sample_completions(model: BlockDiffusionLM, tokenizer, prompt: str, *, n: int, gen_len: int, steps: int,
-                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+                       temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                       remasking: str = "low_confidence", reveal_window: int | None = None) -> list[str]:
     """G candidate completions (decoded text) for one prompt, in one batched call."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -94,7 +108,8 @@ def sample_completions(model: BlockDiffusionLM, tokenizer, prompt: str, *, n: in
     ids = sample_ids(native_logits_fn(model), prompt_ids(tokenizer, prompt), n=n, gen_len=gen_len,
                      steps=steps, mask_id=tokenizer.mask_token_id, n_blocks=model.cfg.n_blocks,
                      temperature=temperature, top_p=top_p, seed=seed,
-                     suppress_ids=(tokenizer.pad_token_id, tokenizer.bos_token_id), device=device)
+                     suppress_ids=(tokenizer.pad_token_id, tokenizer.bos_token_id), device=device,
+                     remasking=remasking, reveal_window=reveal_window)
     model.train(was_training)
     return [tokenizer.decode(row.tolist()) for row in ids.cpu()]
 

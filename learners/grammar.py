@@ -1,0 +1,200 @@
+"""The prompt language, the action languages and their parser: the one place that defines them.
+
+Bytes are tokens, so everything is terse.
+
+Market prompt::   M BTCUSDT r1=+3 r10=-12 sp=1.2 im=+0.35 v=1.2k>
+Market action::   <long|short|flat> <size in [0,1]> h<horizon seconds> [s<stop bps>]
+                  e.g. ``long 0.5 h30 s20``, ``flat 0 h10``
+Social prompt::   S h60 0:first post|1:second post|2:third post>
+Social action::   pick <index> h<horizon seconds>      e.g. ``pick 2 h60``
+                  (which of the K listed posts gets the most engagement within the horizon)
+
+``parse_action`` never raises: a malformed completion becomes ``Invalid(reason)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from schemas import MarketActionSpec, SocialActionSpec
+
+PROMPT_END = ">"
+SIZES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+HORIZONS = (5, 10, 30, 60, 300)
+STOPS = (10, 20, 50, 100)
+
+# short names keep prompts short; unknown features keep their own (underscore-free) name
+_ALIASES = {"spread_bps": "sp", "imbalance": "im", "volume": "v", "social_posts": "sn",
+            "social_likes": "sl", "social_reposts": "sr"}
+_ORDER = ["r1", "r10", "r60", "r300", "sp", "im", "v", "sn", "sl", "sr"]
+_RET = re.compile(r"^ret_(\d+)s$")
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A completion that is not an action; ``reason`` says what is wrong with it."""
+
+    reason: str
+    kind: Literal["invalid"] = "invalid"
+
+
+def _short_name(key: str) -> str:
+    m = _RET.match(key)
+    if m:
+        return "r" + m.group(1)
+    return _ALIASES.get(key, key.replace("_", ""))
+
+
+def _compact(x: float) -> str:
+    """Three significant digits at most, with k/M suffixes: 1234 -> 1.2k."""
+    a = abs(x)
+    for div, suf in ((1e6, "M"), (1e3, "k")):
+        if a >= div:
+            return f"{x / div:.3g}{suf}"
+    return f"{x:.3g}"
+
+
+def _format_value(short: str, v: float) -> str:
+    if not math.isfinite(v):
+        return "nan"
+    if short.startswith("r") and short[1:].isdigit():
+        return f"{round(v):+d}"  # returns in bps: integer resolution is plenty
+    if short == "im":
+        return f"{max(-1.0, min(1.0, v)):+.2f}"
+    if short in ("sn", "sl", "sr"):
+        return str(int(round(v)))
+    return _compact(v)
+
+
+def format_market_prompt(symbol: str, features: dict[str, float]) -> str:
+    """``M <symbol> k=v ...>`` with known features first in a fixed order."""
+    items = {_short_name(k): _format_value(_short_name(k), float(v)) for k, v in features.items()}
+    keys = [k for k in _ORDER if k in items] + sorted(k for k in items if k not in _ORDER)
+    return " ".join(["M", symbol, *(f"{k}={items[k]}" for k in keys)]) + PROMPT_END
+
+
+def _clean_post(text: str, max_chars: int) -> str:
+    text = re.sub(r"[|>\s]+", " ", text).strip()
+    return text.encode("utf-8")[:max_chars].decode("utf-8", errors="ignore")
+
+
+def format_social_prompt(posts: list[str], horizon_s: int = 60, max_chars: int = 32) -> str:
+    """``S h<horizon> 0:post|1:post...>``; each post squashed to one line of ``max_chars`` bytes."""
+    body = "|".join(f"{i}:{_clean_post(p, max_chars)}" for i, p in enumerate(posts))
+    return f"S h{int(horizon_s)} {body}{PROMPT_END}"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def format_market_action(spec: MarketActionSpec) -> str:
+    out = f"{spec.side} {_num(spec.size)} h{_num(spec.horizon_s)}"
+    return out + (f" s{_num(spec.stop_bps)}" if spec.stop_bps else "")
+
+
+def format_social_action(spec: SocialActionSpec) -> str:
+    return f"pick {spec.pick} h{_num(spec.horizon_s)}"
+
+
+def _positive(tok: str, prefix: str, what: str) -> float | Invalid:
+    if not tok.startswith(prefix):
+        return Invalid(f"expected {what} as {prefix}<number>, got {tok!r}")
+    try:
+        v = float(tok[len(prefix):])
+    except ValueError:
+        return Invalid(f"{what} {tok!r} is not a number")
+    if not math.isfinite(v) or v <= 0:
+        return Invalid(f"{what} must be > 0, got {tok!r}")
+    return v
+
+
+def _parse_market(tokens: list[str]) -> MarketActionSpec | Invalid:
+    if tokens[0] not in ("long", "short", "flat"):
+        return Invalid(f"unknown side {tokens[0]!r}; expected long, short or flat")
+    if len(tokens) not in (3, 4):
+        return Invalid(f"expected '<side> <size> h<secs> [s<bps>]', got {len(tokens)} fields")
+    try:
+        size = float(tokens[1])
+    except ValueError:
+        return Invalid(f"size {tokens[1]!r} is not a number")
+    if not 0 <= size <= 1:
+        return Invalid(f"size {size} outside [0, 1]")
+    horizon = _positive(tokens[2], "h", "horizon")
+    if isinstance(horizon, Invalid):
+        return horizon
+    stop = None
+    if len(tokens) == 4:
+        stop = _positive(tokens[3], "s", "stop")
+        if isinstance(stop, Invalid):
+            return stop
+    if tokens[0] == "flat":
+        size = 0.0  # a flat position has no size, whatever was written
+    return MarketActionSpec(side=tokens[0], size=size, horizon_s=horizon, stop_bps=stop)
+
+
+def _parse_social(tokens: list[str], n_choices: int | None) -> SocialActionSpec | Invalid:
+    if tokens[0] != "pick":
+        return Invalid(f"expected 'pick <index> h<secs>', got {tokens[0]!r}")
+    if len(tokens) != 3:
+        return Invalid(f"expected 'pick <index> h<secs>', got {len(tokens)} fields")
+    if not tokens[1].isdigit():
+        return Invalid(f"pick index {tokens[1]!r} is not a non-negative integer")
+    pick = int(tokens[1])
+    if n_choices is not None and pick >= n_choices:
+        return Invalid(f"pick {pick} out of range for {n_choices} posts")
+    horizon = _positive(tokens[2], "h", "horizon")
+    if isinstance(horizon, Invalid):
+        return horizon
+    return SocialActionSpec(pick=pick, horizon_s=horizon)
+
+
+def parse_action(text: str, task: Literal["market", "social"] = "market",
+                 n_choices: int | None = None) -> MarketActionSpec | SocialActionSpec | Invalid:
+    """Parse a completion; never raises (anything unexpected becomes ``Invalid``)."""
+    try:
+        if not isinstance(text, str):
+            return Invalid(f"completion is {type(text).__name__}, not text")
+        tokens = text.strip().split()
+        if not tokens:
+            return Invalid("empty completion")
+        if task == "market":
+            return _parse_market(tokens)
+        if task == "social":
+            return _parse_social(tokens, n_choices)
+        return Invalid(f"unknown task {task!r}")
+    except Exception as exc:  # the contract is "never raises"; keep the reason
+        return Invalid(f"unparseable: {type(exc).__name__}: {exc}")
+
+
+# -- grammar-generated examples (bootstrap pretraining data) ------------------------------------
+
+def random_market_features(rng: random.Random) -> dict[str, float]:
+    return {
+        "ret_1s": rng.gauss(0, 3), "ret_10s": rng.gauss(0, 10), "ret_60s": rng.gauss(0, 25),
+        "spread_bps": abs(rng.gauss(1, 1)), "imbalance": rng.uniform(-1, 1),
+        "volume": 10 ** rng.uniform(-1, 5), "social_posts": rng.randint(0, 20),
+    }
+
+
+def random_market_action(rng: random.Random) -> str:
+    side = rng.choice(("long", "short", "flat"))
+    size = 0.0 if side == "flat" else rng.choice(SIZES[1:])
+    stop = rng.choice(STOPS) if side != "flat" and rng.random() < 0.5 else None
+    return format_market_action(MarketActionSpec(side=side, size=size, horizon_s=float(rng.choice(HORIZONS)),
+                                                 stop_bps=float(stop) if stop else None))
+
+
+def random_market_example(rng: random.Random, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT")) -> tuple[str, str]:
+    return format_market_prompt(rng.choice(symbols), random_market_features(rng)), random_market_action(rng)
+
+
+def random_social_example(rng: random.Random, k: int = 3) -> tuple[str, str]:
+    words = ("gm", "btc", "pump", "ser", "wagmi", "moon", "rekt", "hodl", "news", "eth")
+    posts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 4))) for _ in range(k)]
+    h = rng.choice(HORIZONS)
+    return format_social_prompt(posts, h), format_social_action(SocialActionSpec(pick=rng.randrange(k), horizon_s=float(h)))
