@@ -1,0 +1,19 @@
+"""Learning efficacy on recorded markets (issue 10); the same command as ``eigenloop bench efficacy``.
+
+    .venv/bin/python benchmarks/efficacy.py --out out/efficacy            # full run
+    .venv/bin/python benchmarks/efficacy.py --quick --out out/efficacy-q  # wiring check
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import typer  # noqa: E402
+
+from daemon.cli_bench import efficacy  # noqa: E402
+
+if __name__ == "__main__":
+    typer.run(efficacy)
