@@ -18,18 +18,20 @@ State (all in the mappings; ``sk`` is ``"exchange|symbol"``):
   are dropped instead of re-opening them (kept ``CLOSED_RETENTION_NS`` of event time).
 
 Time: outcomes are due when the horizon has passed in event time, i.e. a market event *after*
-``t0 + horizon`` was seen (the touch at the horizon is then final). ``Clock`` is derived,
-in-memory: the watermark per ``sk`` plus, for idle streams, an estimate that advances with the
-wall clock from the last event's ``ts_ingest`` (so consumer lag does not delay it). The idle
-estimate is used only after ``idle_after_s`` without events for that ``sk``, which keeps
-catch-up (after a restart) on the watermark and therefore deterministic.
+``t0 + horizon`` was seen (the touch at the horizon is then final); candidates never advance
+event time (in catch-up they run ahead of the market data). ``Clock`` is derived, in-memory: the
+market watermark per ``sk`` plus, for idle streams, an estimate that advances with the wall
+clock from the last event's ``ts_ingest``. The estimate is used only by timer ticks, after
+``idle_after_s`` without events for that ``sk`` and (in the worker) only when the consumer has
+read all of the market partition, which keeps catch-up on the watermark and deterministic.
+Groups close ``all_in`` on events; ``expired`` only on ticks (see ``_advance``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, MutableMapping
+from typing import Any, Callable, MutableMapping
 
 from schemas.agent import Action, Outcome
 from schemas.base import Event
@@ -42,6 +44,9 @@ from streams.rewards import BookPath, horizon_end_ns, score_action, to_outcome
 
 TICK_TYPE = "streams.tick"
 CLOSED_RETENTION_NS = 600 * 1_000_000_000
+_NEVER = 1 << 62
+MAX_LAG_NS = 1_000_000_000
+SEED_IDLE_NS = 2_000_000_000  # after a restart, give the consumer this long to deliver a first event
 IGNORED_MARKET = (DepthUpdate, StreamGap)  # valid records the paper fill does not use
 
 
@@ -58,8 +63,9 @@ def state_key(exchange: str, symbol: str) -> str:
     return f"{exchange}|{symbol}"
 
 
-def tick_record(sk: str) -> bytes:
-    return json.dumps({"type": TICK_TYPE, "sk": sk}).encode()
+def tick_record(sk: str, now: int = 0) -> bytes:
+    """A timer tick: close what is due for ``sk`` at estimated event time ``now``."""
+    return json.dumps({"type": TICK_TYPE, "sk": sk, "now": now}).encode()
 
 
 class Clock:
@@ -95,12 +101,24 @@ class Clock:
             self._wm.setdefault(sk, ts_event)
             self._ref[sk] = (ts_event, wall_ns, wall_ns)
 
-    def idle_now(self, sk: str, wall_ns: int) -> int | None:
-        """Estimated event time now if ``sk`` has been idle long enough, else None."""
+    def idle_now(self, sk: str, wall_ns: int, caught_up: bool = False) -> int | None:
+        """Estimated event time now if ``sk`` has been idle long enough, else None.
+
+        Live, ``ts_ingest`` tracks event time, so event time now is the last event's time plus
+        the wall time since it was *ingested*. How far behind ingest we saw it (our lag) counts
+        for at most ``MAX_LAG_NS``: a consumer catching up on a backlog must not jump ahead.
+        """
         ref = self._ref.get(sk)
-        if ref is None or wall_ns - ref[2] < self.idle_after_ns:
+        if ref is None:
             return None
-        return max(self._wm.get(sk, 0), ref[0] + (wall_ns - ref[1]))
+        ts_event, ts_ingest, seen = ref
+        idle = wall_ns - seen
+        if idle < (self.idle_after_ns if seen != ts_ingest else max(self.idle_after_ns, SEED_IDLE_NS)):
+            return None
+        lag = max(seen - ts_ingest, 0)
+        if not caught_up:
+            lag = min(lag, MAX_LAG_NS)
+        return max(self._wm.get(sk, 0), ts_event + idle + lag)
 
 
 class SymbolEngine:
@@ -114,11 +132,13 @@ class SymbolEngine:
         self.book, self.trades, self.index = book, trades, index
         self.pending, self.agenda, self.closed = pending, agenda, closed
         self.bucket_s = bucket_s
+        self.grace_ns = round(groups.grace_s * 1e9)
         self.bucket_ns = round(bucket_s * 1e9)
         self.keep_buckets = int(market_window_s / bucket_s) + 1
         self.clock = Clock(idle_after_s)
         self.source = source
         self.counters: dict[str, int] = {}
+        self.tps: dict[str, tuple[str, int]] = {}  # sk -> market (topic, partition), for lag checks
 
     # ---- inputs -------------------------------------------------------------------------
     def route_action(self, raw: bytes | None, *, topic: str, partition: int = -1,
@@ -127,9 +147,9 @@ class SymbolEngine:
         try:
             ev = decode(raw)
         except DecodeError as e:
-            return [self._dead(raw, topic, partition, offset, e.reason, "DecodeError")]
+            return [self.dead_letter(raw, topic, partition, offset, e.reason, "DecodeError")]
         if not isinstance(ev, Action):
-            return [self._dead(raw, topic, partition, offset, f"type: expected agent.action, got {ev.type}",
+            return [self.dead_letter(raw, topic, partition, offset, f"type: expected agent.action, got {ev.type}",
                                "OutOfSchema")]
         return [Emit("internal", ev.symbol, raw)]  # type: ignore[arg-type]
 
@@ -138,7 +158,7 @@ class SymbolEngine:
         try:
             ev = decode(raw)
         except DecodeError as e:
-            return [self._dead(raw, topic, partition, offset, e.reason, "DecodeError")]
+            return [self.dead_letter(raw, topic, partition, offset, e.reason, "DecodeError")]
         if isinstance(ev, BookTicker):
             sk = state_key(ev.exchange, ev.symbol)
             self._add_quote(sk, ev)
@@ -148,9 +168,14 @@ class SymbolEngine:
         elif isinstance(ev, IGNORED_MARKET):
             return []
         else:
-            return [self._dead(raw, topic, partition, offset, f"type: {ev.type} does not belong on market.events",
+            return [self.dead_letter(raw, topic, partition, offset, f"type: {ev.type} does not belong on market.events",
                                "OutOfSchema")]
         now = self.clock.observe(sk, ev.ts_event, ev.ts_ingest, wall_ns)
+        if self.tps.get(sk) != (topic, partition):
+            self.tps[sk] = (topic, partition)
+            span = self.index.get(sk)
+            if span is not None:
+                self.index[sk] = [span[0], span[1], topic, partition]  # for lag checks after a restart
         due = self.agenda.get(sk)
         if due is not None and due["due"] < now:
             return self._resolve(sk, now, wall_ns)
@@ -160,31 +185,42 @@ class SymbolEngine:
                     wall_ns: int) -> list[Emit]:
         """A routed action, or a timer tick asking to close idle windows of one ``sk``."""
         if raw is not None and raw.startswith(b'{"type": "streams.tick"'):
-            sk = json.loads(raw)["sk"]
-            now = self.clock.idle_now(sk, wall_ns)
-            return [] if now is None else self._resolve(sk, now, wall_ns)
+            msg = json.loads(raw)
+            sk = msg["sk"]
+            now = max(msg.get("now", 0), self.clock.watermark(sk))  # the timer's estimate
+            return self._resolve(sk, now, wall_ns, expire=True)
         try:
             action = decode(raw)
         except DecodeError as e:
-            return [self._dead(raw, topic, partition, offset, e.reason, "DecodeError")]
+            return [self.dead_letter(raw, topic, partition, offset, e.reason, "DecodeError")]
         if not isinstance(action, Action):
-            return [self._dead(raw, topic, partition, offset, f"type: unexpected {action.type}", "OutOfSchema")]
+            return [self.dead_letter(raw, topic, partition, offset, f"type: unexpected {action.type}", "OutOfSchema")]
         sk = self._action_key(action)
-        if not self._add_action(sk, action):
+        if not self._add_action(sk, action, wall_ns):
             return []
-        self.clock.observe(sk, action.ts_event, action.ts_ingest, wall_ns)
+        # candidates never advance event time: in catch-up they can run ahead of the market data
+        self.clock.seed(sk, action.ts_event, wall_ns)
         return self._resolve(sk, self.clock.watermark(sk), wall_ns)
 
-    def idle_due(self, wall_ns: int) -> list[tuple[str, str]]:
-        """``(symbol, sk)`` whose agenda is due by the idle estimate: the timer ticks these."""
+    def idle_due(self, wall_ns: int, caught_up: Callable[[tuple[str, int]], bool | None] | None = None,
+                 ) -> list[tuple[str, str, int]]:
+        """``(symbol, sk)`` whose agenda is due by the idle estimate: the timer ticks these.
+
+        ``caught_up(topic, partition)``: whether the consumer has read all of that market
+        partition (True), still has a backlog (False: then the stream is not idle), or unknown.
+        """
         out = []
         for sk, entry in list(self.agenda.items()):
-            now = self.clock.idle_now(sk, wall_ns)
-            if now is None:
-                self.clock.seed(sk, self._last_quote_ts(sk), wall_ns)
-                continue
-            if entry["due"] < now:
-                out.append((sk.split("|", 1)[1], sk))
+            self.clock.seed(sk, self._last_quote_ts(sk), wall_ns)  # no-op unless unseen since start
+            tp = self.tps.get(sk) or self._persisted_tp(sk)
+            state = caught_up(tp) if caught_up is not None and tp is not None else None
+            # with a lag probe, idle means "read everything": unknown (e.g. still joining the
+            # consumer group after a restart) is not idle, or a backlog would be skipped
+            idle = None if (caught_up is not None and state is not True) else \
+                self.clock.idle_now(sk, wall_ns, caught_up=bool(state))
+            now = idle or self.clock.watermark(sk)
+            if (idle is not None and entry["due"] < idle) or (entry["expiry"] < now and wall_ns >= entry["grace"]):
+                out.append((sk.split("|", 1)[1], sk, now))
         return out
 
     # ---- market state -------------------------------------------------------------------
@@ -197,7 +233,7 @@ class SymbolEngine:
         if span is None:
             self.index[sk] = [idx, idx]
             return
-        first, last = span
+        first, last = span[0], span[1]
         if idx <= last:
             return
         cutoff = idx - self.keep_buckets
@@ -206,7 +242,11 @@ class SymbolEngine:
                 key = self._bucket_key(sk, old)
                 if key in table:
                     del table[key]
-        self.index[sk] = [max(first, cutoff), idx]
+        self.index[sk] = [max(first, cutoff), idx, *span[2:]]
+
+    def _persisted_tp(self, sk: str) -> tuple[str, int] | None:
+        span = self.index.get(sk)
+        return (span[2], span[3]) if span is not None and len(span) == 4 else None
 
     def _last_quote(self, sk: str) -> list | None:
         span = self.index.get(sk)
@@ -250,7 +290,7 @@ class SymbolEngine:
         span = self.index.get(sk)
         if span is None:
             return BookPath(())
-        first, last = span
+        first, last = span[0], span[1]
         lo = min(max(t_from // self.bucket_ns, first), last)
         # walk back to the bucket holding the quote in force at t_from
         while lo > first and not any(q[0] <= t_from for q in self.book.get(self._bucket_key(sk, lo)) or ()):
@@ -267,7 +307,7 @@ class SymbolEngine:
     def _action_key(self, action: Action) -> str:
         return state_key(action.exchange, action.symbol)
 
-    def _add_action(self, sk: str, action: Action) -> bool:
+    def _add_action(self, sk: str, action: Action, wall_ns: int) -> bool:
         closed = self.closed.get(sk) or {}
         if action.group_id in closed:
             self._count("late_or_replayed_actions")
@@ -280,6 +320,7 @@ class SymbolEngine:
         g["a"] = {**g["a"], idx: action.model_dump_json()}
         g["he"] = {**g["he"], idx: horizon_end_ns(action)}
         g["t0"] = min(g["t0"], action.ts_event)
+        g["last"] = wall_ns
         self.pending[action.group_id] = g
         self._schedule(sk, action.group_id, g)
         return True
@@ -288,30 +329,35 @@ class SymbolEngine:
         return window_end_ns(g["t0"], list(g["he"].values()), self.groups.grace_s)
 
     def _schedule(self, sk: str, gid: str, g: dict | None) -> None:
-        entry = self.agenda.get(sk) or {"due": 0, "groups": {}}
+        """Agenda per sk: ``due`` = next outcome (event-driven), ``expiry`` = earliest window end,
+        ``grace`` = wall time before which no window may expire (see ``_advance``)."""
+        entry = self.agenda.get(sk) or {"groups": {}}
         groups = dict(entry["groups"])
         if g is None:
             groups.pop(gid, None)
         else:
             todo = [he for i, he in g["he"].items() if i not in g["o"]]
-            groups[gid] = min([*todo, self._window_end(g)])
+            groups[gid] = [min(todo) if todo else _NEVER, self._window_end(g), g["last"] + self.grace_ns]
         if groups:
-            self.agenda[sk] = {"due": min(groups.values()), "groups": groups}
+            self.agenda[sk] = {"due": min(v[0] for v in groups.values()),
+                               "expiry": min(v[1] for v in groups.values()),
+                               "grace": min(v[2] for v in groups.values()), "groups": groups}
         elif sk in self.agenda:
             del self.agenda[sk]
 
-    def _resolve(self, sk: str, now: int, wall_ns: int) -> list[Emit]:
-        """Score every candidate whose horizon is before ``now``; close groups that are done."""
+    def _resolve(self, sk: str, now: int, wall_ns: int, expire: bool = False) -> list[Emit]:
+        """Score every candidate whose horizon is before ``now``; close groups that are done.
+        Only timer ticks (``expire``) close groups by expiry; events close complete groups."""
         entry = self.agenda.get(sk)
-        if entry is None or entry["due"] >= now:
+        if entry is None or (entry["due"] >= now and not expire):
             return []
         out: list[Emit] = []
-        for gid, due in sorted(entry["groups"].items(), key=lambda kv: kv[1]):
-            if due < now:
-                out.extend(self._advance(sk, gid, now, wall_ns))
+        for gid, (due, end, grace) in sorted(entry["groups"].items(), key=lambda kv: kv[1]):
+            if due < now or (expire and end < now and wall_ns >= grace):
+                out.extend(self._advance(sk, gid, now, wall_ns, expire))
         return out
 
-    def _advance(self, sk: str, gid: str, now: int, wall_ns: int) -> list[Emit]:
+    def _advance(self, sk: str, gid: str, now: int, wall_ns: int, expire: bool) -> list[Emit]:
         g = self.pending[gid]
         actions = {i: Action.model_validate_json(a) for i, a in g["a"].items()}
         outcomes = dict(g["o"])
@@ -326,7 +372,10 @@ class SymbolEngine:
                 out.append(Emit("agent.outcomes", gid, o.model_dump_json().encode()))
         size = next(iter(actions.values())).group_size
         end = self._window_end(g)
-        reason = "all_in" if len(outcomes) >= size else ("expired" if end < now else None)
+        # expiry needs the window over in event time *and* grace_s of wall time since the first
+        # candidate arrived: a group opened late (replay, catch-up) still gathers its siblings
+        expired = expire and end < now and wall_ns - g["last"] >= self.grace_ns
+        reason = "all_in" if len(outcomes) >= size else ("expired" if expired else None)
         if reason is None:
             g = {**g, "o": outcomes}
             self.pending[gid] = g
@@ -346,7 +395,7 @@ class SymbolEngine:
         return out
 
     # ---- misc ---------------------------------------------------------------------------
-    def _dead(self, raw: Any, topic: str, partition: int, offset: int, reason: str, kind: str) -> Emit:
+    def dead_letter(self, raw: Any, topic: str, partition: int, offset: int, reason: str, kind: str) -> Emit:
         self._count("dead_letters")
         dl = DeadLetter.from_input(raw, source_topic=topic, partition=partition, offset=offset,
                                    reason=reason, error_type=kind, source=self.source, key=topic)

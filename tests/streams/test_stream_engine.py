@@ -42,8 +42,8 @@ def test_engine_matches_pure_functions_on_recorded_data(shared_data, kind):
     # the last groups end after the data: an idle tick closes them once wall time passes
     last_wall = events[-1].ts_event + 30 * S
     eng.idle_due(last_wall)
-    for _sym, sk in eng.idle_due(last_wall):
-        out += eng.on_internal(tick_record(sk), topic="internal", wall_ns=last_wall)
+    for _sym, sk, now in eng.idle_due(last_wall):
+        out += eng.on_internal(tick_record(sk, now), topic="internal", wall_ns=last_wall)
     got_o = {(o.group_id, o.candidate_index): o for e in out if e.topic == "agent.outcomes"
              for o in [decode(e.value)]}
     got_g = [decode(e.value) for e in out if e.topic == "learn.groups"]

@@ -1,0 +1,138 @@
+"""Streams throughput: events/s through the reward and group path versus raw aiokafka
+consumption of the same topics, and the p99 window-close lag of idle windows.
+
+    EIGENLOOP_KAFKA_BOOTSTRAP=host:port .venv/bin/python benchmarks/streams_throughput.py [--seconds 300]
+
+(or without the variable: the local broker of ``eigenloop kafka start`` is used). It writes to a
+fresh topic prefix, so it can run beside anything else on the broker.
+
+1. Loads ``--seconds`` of the recorded spot BTCUSDT capture (book tickers + trades) and a group of
+   G candidates every 2 s, all into ``market.events`` / ``agent.actions``.
+2. Raw: one aiokafka consumer reads both topics from the start; events/s from first to last record.
+3. Worker: ``eigenloop streams worker`` (a real process) is started on the same topics; events/s
+   from its "ready" line to the arrival of the last group (every group is complete, so each
+   closes on event time, no idle timer involved).
+4. Lag: ``--idle-groups`` live groups with one candidate missing, decided at wall-clock now, on a
+   stream that then stays silent: lag = group.ts_ingest - window end (wall clock), p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "streams")]
+
+from aiokafka import AIOKafkaConsumer  # noqa: E402
+
+from daemon.eventlog.admin import ensure_topics  # noqa: E402
+from daemon.eventlog.connection import bootstrap_for, client_kwargs  # noqa: E402
+from schemas import Action, MarketActionSpec  # noqa: E402
+from schemas.settings import GroupConfig, KafkaSettings, Settings, StreamsSettings  # noqa: E402
+from stream_cases import make_actions, market_events  # noqa: E402
+from worker_harness import Collector, Worker, produce, write_config  # noqa: E402
+
+
+async def raw_rate(settings: Settings, total: int) -> float:
+    p = settings.kafka.topic_prefix
+    c = AIOKafkaConsumer(f"{p}market.events", f"{p}agent.actions", auto_offset_reset="earliest",
+                         enable_auto_commit=False, group_id=f"raw-{uuid.uuid4().hex[:6]}", **client_kwargs(settings))
+    await c.start()
+    n, t_first = 0, None
+    try:
+        while n < total:
+            batch = await c.getmany(timeout_ms=500, max_records=5000)
+            for msgs in batch.values():
+                if msgs and t_first is None:
+                    t_first = time.perf_counter()
+                n += len(msgs)
+        return n / (time.perf_counter() - t_first)
+    finally:
+        await c.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=300.0, help="seconds of capture to feed")
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--idle-groups", type=int, default=20)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="streams-bench-"))
+    base = Settings()
+    settings = Settings(data_dir=tmp, kafka=KafkaSettings(bootstrap=bootstrap_for(base),
+                                                          topic_prefix=f"bench{uuid.uuid4().hex[:8]}."),
+                        groups=GroupConfig(group_size=args.group_size, grace_s=1.0),
+                        streams=StreamsSettings(idle_tick_s=0.25))
+    asyncio.run(ensure_topics(settings))
+    events = market_events(args.data, seconds=args.seconds)
+    actions = make_actions(events, group_size=args.group_size)
+    # a probe scored at once (invalid, so due at t0 = the first event): its outcome marks the moment
+    # the worker starts processing, which excludes consumer-group join time from the rate
+    probe = Action(group_id="probe", candidate_index=0, group_size=1, policy_version=0, seed=0, prompt_id="probe",
+                   symbol=events[0].symbol, exchange="binance", prompt="", completion="", parsed=None,
+                   invalid_reason="probe", ts_event=events[0].ts_event, key="probe")
+    actions = [probe, *actions]
+    n_groups = len({a.group_id for a in actions})  # includes the probe
+    total = len(events) + len(actions)
+    print(f"feeding {len(events)} market events + {len(actions)} candidates ({n_groups} groups)")
+    asyncio.run(produce(settings, [("market.events", e) for e in events] + [("agent.actions", a) for a in actions]))
+
+    raw = asyncio.run(raw_rate(settings, total))
+    worker = Worker(settings, write_config(settings, tmp / "cfg.yaml")).start()
+    try:
+        worker.wait_ready(120)
+        t_ready = time.perf_counter()
+
+        async def groups_in():
+            async with Collector(settings, ["learn.groups", "agent.outcomes"]) as c:
+                await c.until(lambda r: any(o.group_id == "probe" for o in r["agent.outcomes"]), 300)
+                t_start = time.perf_counter()
+                ok = await c.until(lambda r: len({g.group_id for g in r["learn.groups"]}) >= n_groups, 600)
+                return ok, t_start, time.perf_counter()
+
+        ok, t_start, t_done = asyncio.run(groups_in())
+        if not ok:
+            raise SystemExit("the worker did not close every group within 600 s")
+        rate = total / (t_done - t_start)
+        print(f"worker: ready -> first output {t_start - t_ready:.1f} s (group join), then {t_done - t_start:.1f} s")
+
+        async def idle_lags():
+            t_last = events[-1].ts_event
+            async with Collector(settings, ["learn.groups"]) as c:
+                lags = []
+                for k in range(args.idle_groups):
+                    t0 = max(time.time_ns(), t_last)
+                    gid = f"idle-{k}"
+                    acts = [Action(group_id=gid, candidate_index=i, group_size=3, policy_version=1, seed=i,
+                                   prompt_id=gid, symbol=events[0].symbol, exchange="binance", prompt="idle",
+                                   completion=str(i), ts_event=t0, key=gid,
+                                   parsed=MarketActionSpec(side=side, size=1.0, horizon_s=0.5))
+                            for i, side in ((0, "long"), (1, "short"))]
+                    await produce(settings, [("agent.actions", a) for a in acts])
+                    await c.until(lambda r: any(g.group_id == gid for g in r["learn.groups"]), 30)
+                    g = next(g for g in c.records["learn.groups"] if g.group_id == gid)
+                    lags.append((g.ts_ingest - g.window_end_ns) / 1e9)
+                return lags
+
+        lags = sorted(asyncio.run(idle_lags()))
+    finally:
+        worker.stop()
+    p99 = lags[min(len(lags) - 1, int(round(0.99 * (len(lags) - 1))))]
+    print(f"raw aiokafka consumption : {raw:10.0f} events/s")
+    print(f"streams worker (rewards+groups): {rate:10.0f} events/s")
+    print(f"ratio worker/raw         : {rate / raw:10.3f}  (goal >= 0.5)")
+    print(f"idle window-close lag    : p50 {statistics.median(lags):.3f} s, p99 {p99:.3f} s, max {lags[-1]:.3f} s "
+          f"over {len(lags)} windows")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The Faust App of the streams worker, and nothing else: topics and tables are declared in
+``streams.topology``, agents in ``streams.agents``, and the logic in ``streams.engine``.
+
+Start it from the daemon CLI (never at import)::
+
+    eigenloop streams worker            # settings from EIGENLOOP_* / --config
+
+Delivery: at-least-once. Faust flushes the producer (outputs and table changelogs) before it
+commits input offsets, so a worker killed with SIGKILL loses nothing; on restart the tables come
+back from their changelogs and the input after the last commit is processed again. The engine
+drops replayed quotes, trades and candidates, and remembers closed groups, so a replay does not
+re-open them. What it cannot prevent is a record that was *sent* between the last commit and the
+kill being sent again: such outcomes and groups carry the same deterministic ``event_id``
+(``schemas.deterministic_event_id`` of the group id / candidate), and **consumers of
+``agent.outcomes`` and ``learn.groups`` dedupe by ``event_id``** (the learner and the analytics
+sink do). Faust's exactly-once mode (Kafka transactions) would avoid that but is not used: it is
+the least-tested path of faust-streaming with aiokafka 0.14 against Kafka 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import faust
+from aiokafka.client import AIOKafkaClient
+
+from schemas.settings import Settings
+from schemas.topics import BY_NAME, topic_name
+
+log = logging.getLogger(__name__)
+
+
+def faust_app_id(settings: Settings) -> str:
+    return f"{settings.kafka.topic_prefix}{settings.streams.app_id}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def prepare_topics(bootstrap: str, market: str, internal: str, default: int) -> int:
+    """Partitions of ``market`` (``default`` if absent), and the internal re-keying topic created
+    with the same count: co-partitioning is what keeps a symbol's state on one worker."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        cluster = await client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(market)
+    finally:
+        await client.close()
+    partitions = len(parts) if parts else default
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(internal, partitions, 1)])
+    except TopicAlreadyExistsError:
+        log.debug("internal topic %s exists", internal)
+    finally:
+        await admin.close()
+    return partitions
+
+
+def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App:
+    """The App for these settings; ``partitions`` is market.events' count (tables and the
+    internal topic must be co-partitioned with it)."""
+    app_id = faust_app_id(settings)
+    datadir = Path(settings.data_dir) / "faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    return faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",  # changelog-backed; recovered from Kafka on start
+        datadir=str(datadir),
+        key_serializer="raw",
+        value_serializer="raw",  # records are decoded by schemas.codec, so bad input can be dead-lettered
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_max_poll_records=5000,
+        web_port=settings.streams.web_port or _free_port(),
+        web_host="127.0.0.1",
+        autodiscover=False,
+        table_cleanup_interval=3600.0,  # windows expire in event time, in the engine
+    )
+
+
+def build(settings: Settings, bootstrap: str) -> faust.App:
+    """App + topology + agents, ready for ``faust.Worker``."""
+    from streams import agents, topology
+
+    market = topic_name("market.events", settings.kafka.topic_prefix)
+    partitions = asyncio.run(prepare_topics(bootstrap, market, topology.internal_topic(settings),
+                                            BY_NAME["market.events"].partitions))
+    app = create_app(settings, bootstrap, partitions)
+    topo = topology.declare(app, settings, partitions)
+    agents.register(app, topo, topology.engine_for(topo, settings), settings.streams.idle_tick_s)
+    return app
+
+
+def run_worker(settings: Settings, bootstrap: str, loglevel: str = "warning") -> None:
+    """Run the worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    app = build(settings, bootstrap)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

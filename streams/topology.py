@@ -1,0 +1,77 @@
+"""Topics and tables of the streams worker. Read this file to see the whole topology.
+
+Inputs: ``market.events`` (keyed by symbol) and ``agent.actions`` (keyed by group_id). Actions
+are re-keyed by symbol into the internal ``<app>-actions-by-symbol`` topic, which has as many
+partitions as ``market.events``, so one agent sees a symbol's market data, its candidates and its
+timer ticks on the same partition, in order, and its table keys stay local.
+
+Outputs: ``agent.outcomes`` and ``learn.groups`` (keyed by group_id) and ``deadletter``.
+
+Tables (changelog-backed, memory store): the market state is a *windowed* table, tumbling
+``BUCKET_S`` buckets of event time per ``exchange|symbol``; they expire in event time after
+``streams.market_window_s`` (Faust's own expiry runs on wall-clock time, which would drop a
+replayed capture at once, so the engine deletes them). Pending candidates, the agenda of due
+times and the closed-group memory are plain tables. See ``streams.engine`` for their shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from schemas.settings import Settings
+from schemas.topics import topic_name
+from streams.engine import SymbolEngine
+
+BUCKET_S = 1.0
+
+
+@dataclass
+class Topology:
+    market: faust.TopicT
+    actions: faust.TopicT
+    internal: faust.TopicT
+    symbol_inputs: faust.TopicT  # market + internal, consumed by one agent
+    outputs: dict[str, faust.TopicT]  # by catalogue name, plus "internal"
+    book: faust.types.tables.WindowWrapperT
+    trades: faust.types.tables.WindowWrapperT
+    index: faust.TableT
+    pending: faust.TableT
+    agenda: faust.TableT
+    closed: faust.TableT
+
+
+def internal_topic(settings: Settings) -> str:
+    return f"{settings.kafka.topic_prefix}{settings.streams.app_id}-actions-by-symbol"
+
+
+def declare(app: faust.App, settings: Settings, partitions: int) -> Topology:
+    prefix = settings.kafka.topic_prefix
+    name = lambda base: topic_name(base, prefix)  # noqa: E731
+    internal_name = internal_topic(settings)
+    market = app.topic(name("market.events"))
+    actions = app.topic(name("agent.actions"))
+    internal = app.topic(internal_name, partitions=partitions, internal=True)
+    symbol_inputs = app.topic(name("market.events"), internal_name)
+    outputs = {base: app.topic(name(base)) for base in ("agent.outcomes", "learn.groups", "deadletter")}
+    outputs["internal"] = internal
+
+    def table(tname: str) -> faust.TableT:
+        return app.Table(tname, partitions=partitions)  # json keys and values (no key_type/value_type)
+
+    return Topology(
+        market=market, actions=actions, internal=internal, symbol_inputs=symbol_inputs, outputs=outputs,
+        book=table("market-book").tumbling(BUCKET_S, expires=None),
+        trades=table("market-trades").tumbling(BUCKET_S, expires=None),
+        index=table("market-index"), pending=table("pending-candidates"), agenda=table("agenda"),
+        closed=table("closed-groups"),
+    )
+
+
+def engine_for(topo: Topology, settings: Settings) -> SymbolEngine:
+    return SymbolEngine(
+        settings.reward, settings.groups, book=topo.book.table, trades=topo.trades.table, index=topo.index,
+        pending=topo.pending, agenda=topo.agenda, closed=topo.closed, bucket_s=BUCKET_S,
+        market_window_s=settings.streams.market_window_s, idle_after_s=settings.streams.idle_tick_s,
+    )
