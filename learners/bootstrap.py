@@ -49,15 +49,18 @@ def _fitting_pairs(pairs_fn, rng, n: int, gen_len: int) -> list[tuple[str, str]]
     return out[:n]
 
 
-def parse_rate(state: LearnerState, n_prompts: int = 8, group_size: int = 8, seed: int = 1234) -> float:
-    """Share of sampled completions that parse, over fresh market and social prompts."""
+def parse_rate(state: LearnerState, n_prompts: int = 8, group_size: int = 8, seed: int = 1234,
+               prompts: list[tuple[str, str]] | None = None, **sample_kw) -> float:
+    """Share of sampled completions that parse. ``prompts``: [(prompt, task)]; default: fresh
+    grammar prompts, one in four social. ``sample_kw`` override the sampler settings."""
     rng = random.Random(seed)
+    if prompts is None:
+        prompts = [(random_social_example(rng)[0], "social") if i % 4 == 3 else (random_market_example(rng)[0], "market")
+                   for i in range(n_prompts)]
     ok = total = 0
-    for i in range(n_prompts):
-        social = i % 4 == 3
-        prompt, _ = random_social_example(rng) if social else random_market_example(rng)
-        for text in sample(state, prompt, n=group_size, seed=seed + i):
-            ok += not hasattr(parse_action(text, "social" if social else "market", n_choices=3), "reason")
+    for i, (prompt, task) in enumerate(prompts):
+        for text in sample(state, prompt, n=group_size, seed=seed + i, **sample_kw):
+            ok += not hasattr(parse_action(text, task, n_choices=3), "reason")
             total += 1
     return ok / total
 

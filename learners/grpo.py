@@ -14,7 +14,8 @@ parameters theta_b, dJ/dtheta_b = sum_i (w+_i - w-_i) * dl_b(o_i)/dtheta_b. Each
 needs only its own piece: updating blocks separately (and in parallel, with separate optimizers)
 is the same gradient as differentiating the whole surrogate. The Monte-Carlo estimate l^_b uses
 K draws of t inside b's range (stratified), each completion token masked with probability t and
-the prompt left clean; we divide by |o| as wd1 does.
+the prompt left clean; one mask pattern per draw is shared by the whole group (common tokens
+cancel in the weighted sum); we divide by |o| as wd1 does.
 
 The clipped option is an approximation
 --------------------------------------
@@ -62,7 +63,7 @@ def block_terms(model: BlockDiffusionLM, b: int, x0, eligible, n_draws: int, gen
     ent = kl = torch.zeros((), device=x0.device)
     for k in range(n_draws):
         t = ts[k].expand(G)
-        xt, masked = mask_tokens(x0, eligible, t, model.cfg.mask_token_id, generator)
+        xt, masked = mask_tokens(x0, eligible, t, model.cfg.mask_token_id, generator, shared=True)
         tt = t.to(x0.device)
         with autocast_for(x0.device):
             logits = model.blocks[b](xt, tt)

@@ -146,7 +146,7 @@ class DiffusionLMAdapter:
             share = torch.zeros(x0.size(0), device=device)
             for k in range(self.mc_draws):
                 t = ts[k].expand(x0.size(0))
-                xt, masked = mask_tokens(x0, elig, t, self.mask_id, self.generator)
+                xt, masked = mask_tokens(x0, elig, t, self.mask_id, self.generator, shared=True)
                 logp = F.log_softmax(self.block_logits(xt, t.to(device), b).float(), -1)
                 share = share + (hi - lo) * (logp.gather(-1, x0[..., None]).squeeze(-1) * masked).sum(1) / t.to(device)
             losses.append(wd1_loss(share / self.mc_draws, adv, gen_len))

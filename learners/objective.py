@@ -26,9 +26,14 @@ def sample_t(n: int, lo: float, hi: float, generator: torch.Generator, stratifie
     return (lo + (hi - lo) * u).float()
 
 
-def mask_tokens(x0, eligible, t, mask_id: int, generator: torch.Generator):
-    """Absorb each eligible token into [MASK] with probability t (per row). Returns (x_t, masked)."""
-    u = torch.rand(x0.shape, generator=generator).to(x0.device)
+def mask_tokens(x0, eligible, t, mask_id: int, generator: torch.Generator, shared: bool = False):
+    """Absorb each eligible token into [MASK] with probability t (per row). Returns (x_t, masked).
+
+    ``shared`` draws one mask pattern for all rows (rows must be aligned, as a GRPO group is):
+    tokens the candidates have in common then cancel in the group-weighted sum instead of
+    adding mask noise.
+    """
+    u = torch.rand((1, x0.size(1)) if shared else x0.shape, generator=generator).to(x0.device)
     masked = (u < t.to(x0.device)[:, None]) & eligible
     return x0.masked_fill(masked, mask_id), masked
 

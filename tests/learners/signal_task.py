@@ -9,7 +9,9 @@ ACTIONS = ("long 1 h5", "short 1 h5", "flat 0 h5")
 
 def signal_prompt(rng: random.Random) -> tuple[str, int]:
     sign = rng.choice((-1, 1))
-    return format_market_prompt("SIG", {"ret_10s": sign * rng.uniform(5, 50)}), sign
+    # three agreeing returns: a salient signal a tiny model can find within a short test
+    feats = {f"ret_{h}s": sign * rng.uniform(5, 50) for h in (1, 10, 60)}
+    return format_market_prompt("SIG", feats), sign
 
 
 def signal_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
