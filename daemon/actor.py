@@ -60,6 +60,7 @@ class Actor:
 
     Delivery: every candidate of a group is emitted before the executor sees one of them.
     ``stop()`` lets the decision in flight finish; queued decisions are dropped (and counted).
+    Cancelling the task instead could leave a group with only some of its candidates emitted.
     """
 
     def __init__(self, policy: ResidentPolicy, context: ContextWindow, emit: Emit, execute: Execute | None,
@@ -76,6 +77,7 @@ class Actor:
         self._rng = random.Random(seed)
         self._seed_rng = random.Random(seed + 1)
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.decisions = 0
         self.skipped = 0
 
@@ -102,21 +104,23 @@ class Actor:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="actor")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 60.0) -> None:
+        """Finish the decision in hand (all of a group's candidates go out, or none), then stop."""
+        self._stopping = True
+        self._wake.set()
         if self._task:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass  # the cancellation we asked for
+                await asyncio.wait_for(self._task, timeout)
+            except asyncio.TimeoutError:
+                pass  # wait_for cancelled the task: a decision stuck this long is abandoned
         self.skipped += len(self._pending)
         self._pending.clear()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending and not self._stopping:
                 symbol = next(iter(self._pending))
                 await self.decide(self._pending.pop(symbol))
 

@@ -52,7 +52,11 @@ class LearnerLoop:
         self._last_snapshot = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
+        # one holder at a time of "the model and the offset agree": applying a poll's groups and
+        # writing a snapshot (periodic, /snapshot, /pin) never interleave
+        self.lock = asyncio.Lock()
         self.ready = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(**client_kwargs(self.s), enable_auto_commit=False,
@@ -63,27 +67,30 @@ class LearnerLoop:
         self._task = asyncio.create_task(self._run(), name="learner-loop")
         self.ready.set()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 120.0) -> None:
+        """Finish the poll in hand (a step is never cut in half: the model and the offset must
+        agree for the final snapshot), then stop."""
+        self._stopping.set()
         if self._task:
-            self._task.cancel()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass  # the cancellation we asked for
+                await asyncio.wait_for(self._task, timeout)
+            except asyncio.TimeoutError:
+                log.error("learner loop did not finish its poll in time; cancelling", timeout_s=timeout)
         if self._consumer:
             await self._consumer.stop()
 
     async def _run(self) -> None:
         assert self._consumer is not None
-        while True:
+        while not self._stopping.is_set():
             got = await self._consumer.getmany(self.tp, timeout_ms=500)
             records = got.get(self.tp, [])
-            if records:
-                await self.handle(records)
+            async with self.lock:
+                if records:
+                    await self.handle(records)
+                await self.maybe_snapshot()
             highwater = self._consumer.highwater(self.tp)
             if highwater is not None:
                 metrics.LEARNER_LAG.set(max(0, highwater - self.next_offset))
-            await self.maybe_snapshot()
 
     async def handle(self, records) -> None:
         groups: list[tuple[int, GRPOGroup]] = []
@@ -96,6 +103,7 @@ class LearnerLoop:
                 continue
             groups.append((rec.offset, ev))
         last_offset = records[-1].offset
+        offset_of = {id(g): off for off, g in groups}
         batches, dropped = plan_batches([g for _, g in groups], self.s.learner.max_pending_groups,
                                         self.s.learner.backpressure)
         if dropped:
@@ -104,6 +112,7 @@ class LearnerLoop:
             log.warning("learner behind: groups dropped", dropped=dropped, mode=self.s.learner.backpressure)
         for batch in batches:
             await self.apply(batch)
+            self.next_offset = max(self.next_offset, offset_of[id(batch[-1])] + 1)
         self.next_offset = last_offset + 1
 
     async def apply(self, batch: list[GRPOGroup]) -> None:
@@ -130,14 +139,18 @@ class LearnerLoop:
                 metrics.REWARD_EWMA.set(self.reward.update(sum(g.rewards) / len(g.rewards)))
         metrics.POLICY_VERSION.set(self.policy.policy_version)
 
-    async def maybe_snapshot(self, force: bool = False) -> Path | None:
+    async def maybe_snapshot(self) -> Path | None:
+        """Called with ``lock`` held."""
         due = (self._since_snapshot >= self.s.learner.snapshot_every_updates
                or (self._since_snapshot > 0 and time.monotonic() - self._last_snapshot >= self.s.learner.snapshot_every_s))
-        if not (force or due):
-            return None
-        return await self.snapshot()
+        return await self._snapshot() if due else None
 
     async def snapshot(self) -> Path:
+        """A snapshot now, between two polls' worth of groups (never in the middle of one)."""
+        async with self.lock:
+            return await self._snapshot()
+
+    async def _snapshot(self) -> Path:
         offsets = {f"learn.groups:0": self.next_offset}
         path = await asyncio.to_thread(self.policy.with_state,
                                        lambda st: snapshots.write_snapshot(st, self.snapshot_root, offsets,

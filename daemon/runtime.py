@@ -189,12 +189,13 @@ class Daemon:
         bad = [b for b in blocks if not 0 <= b < n_blocks]  # type: ignore[operator]
         if bad or not blocks:
             raise ValueError(f"blocks {blocks}: the model has blocks 0..{n_blocks - 1}")  # type: ignore[operator]
-        state = await asyncio.to_thread(self.policy.with_state, lambda st: pin_blocks(st, snapshot, blocks))
-        self.policy.replace_state(state)  # type: ignore[arg-type]
-        event = GuardAction(action="pin_blocks", reason=reason, policy_version=self.policy.policy_version,
-                            blocks=blocks, key=str(self.policy.policy_version), source="operator")
-        await self.producer.send_and_wait("learn.guard", event)
-        path = await self.learner.snapshot()
+        async with self.learner.lock:  # not in the middle of applying a poll's groups
+            state = await asyncio.to_thread(self.policy.with_state, lambda st: pin_blocks(st, snapshot, blocks))
+            self.policy.replace_state(state)  # type: ignore[arg-type]
+            event = GuardAction(action="pin_blocks", reason=reason, policy_version=self.policy.policy_version,
+                                blocks=blocks, key=str(self.policy.policy_version), source="operator")
+            await self.producer.send_and_wait("learn.guard", event)
+            path = await self.learner._snapshot()
         log.warning("blocks pinned", blocks=blocks, source_snapshot=snapshot, new_snapshot=str(path))
         return {"blocks": blocks, "policy_version": self.policy.policy_version, "snapshot": str(path)}
 
