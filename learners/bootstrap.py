@@ -99,12 +99,13 @@ def _progress(enabled: bool):
 
 
 def bootstrapped_state(config: LearnerConfig | None = None, steps: int = 600, progress: bool = True,
-                       **kwargs) -> tuple[LearnerState, dict]:
+                       parse_prompts: list[tuple[str, str]] | None = None, **kwargs) -> tuple[LearnerState, dict]:
     """A fresh state, bootstrapped, with its frozen reference set to the bootstrapped weights."""
     state = build_state(config or LearnerConfig())
     info = bootstrap(state, steps=steps, seed=state.config.seed, progress=progress, **kwargs)
     reset_reference(state)
-    info["parse_rate"] = parse_rate(state)
+    if kwargs.get("pairs_fn", grammar_pairs) is grammar_pairs or parse_prompts:
+        info["parse_rate"] = parse_rate(state, prompts=parse_prompts)
     return state, info
 
 

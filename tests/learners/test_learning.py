@@ -1,0 +1,46 @@
+"""Bootstrap gives parseable actions; continuous block-local GRPO then learns a verifiable task."""
+
+import random
+import statistics
+
+from learners.bootstrap import parse_rate
+from learners.core import step
+from learners.snapshot import load_snapshot
+from schemas import GRPOGroup
+from tests.learners.signal_task import reward, signal_prompt
+
+
+def test_bootstrap_reaches_95_percent_parseable(signal_snapshot):
+    state = load_snapshot(signal_snapshot)
+    rng = random.Random(5)
+    prompts = [(signal_prompt(rng)[0], "market") for _ in range(8)]
+    # the low-confidence sampler (LLaDA) is the clean-output path; random-order rollouts (the
+    # default, for GRPO diversity) trade a few malformed samples for unbiased sides
+    assert parse_rate(state, prompts=prompts, remasking="low_confidence") >= 0.95
+    assert parse_rate(state, prompts=prompts) >= 0.85
+
+
+def test_group_reward_rises_from_chance_to_0_8(signal_snapshot):
+    state = load_snapshot(signal_snapshot)
+    rng = random.Random(0)
+    history = []
+    for g in range(150):
+        prompt, sign = signal_prompt(rng)
+        comps = state_sample(state, prompt, seed=g)
+        r = [reward(c, sign) for c in comps]
+        m, sd = statistics.mean(r), statistics.pstdev(r)
+        adv = [(x - m) / sd for x in r] if sd > 0 else [0.0] * len(r)
+        state, _ = step(state, GRPOGroup(group_id=f"g{g}", symbol="SIG", policy_version=state.policy_version,
+                                         prompt=prompt, completions=comps, candidate_indices=list(range(8)),
+                                         rewards=r, advantages=adv, group_size=8))
+        history.append(m)
+    first, last = statistics.mean(history[:20]), statistics.mean(history[-20:])
+    print(f"mean group reward: first 20 groups {first:.2f}, last 20 groups {last:.2f}")
+    assert first < 0.55  # chance is about 1/3 (three sides)
+    assert last >= 0.8
+
+
+def state_sample(state, prompt, seed):
+    from learners.core import sample
+
+    return sample(state, prompt, n=8, seed=seed)
