@@ -15,6 +15,7 @@ include mk/ops.mk
 help:
 	@echo "make run    - start the local broker and everything else, replaying ../shared/data"
 	@echo "make test   - the whole test suite against a real local Kafka broker"
+	@echo "make faults - the full fault-injection suite (50 kill -9s)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,6 +32,10 @@ run: setup
 
 test: setup
 	bash scripts/test.sh $(PYTEST_ARGS)
+
+# the full fault-injection suite: 50 kill -9s, a broker restart, 10k bad frames, 1k bad records
+faults: setup
+	EIGENLOOP_FAULTS_KILLS=50 bash scripts/test.sh -s tests/faults
 
 clean-data:
 	-$(EIGENLOOP) kafka stop

@@ -88,9 +88,14 @@ class LearnerLoop:
                 if records:
                     await self.handle(records)
                 await self.maybe_snapshot()
-            highwater = self._consumer.highwater(self.tp)
-            if highwater is not None:
-                metrics.LEARNER_LAG.set(max(0, highwater - self.next_offset))
+            lag = self.lag()
+            if lag is not None:
+                metrics.LEARNER_LAG.set(lag)
+
+    def lag(self) -> int | None:
+        """Groups in the log not yet applied (None before the first fetch)."""
+        hw = self._consumer.highwater(self.tp) if self._consumer else None
+        return None if hw is None else max(0, hw - self.next_offset)
 
     async def handle(self, records) -> None:
         groups: list[tuple[int, GRPOGroup]] = []

@@ -141,11 +141,30 @@ class Daemon:
         await self.producer.stop()
         log.info("daemon stopped", final_snapshot=str(path), policy_version=self.policy.policy_version)
 
+    async def _send(self, topic: str, event: Event, key: str | None = None) -> None:
+        """Queue an event for Kafka; while the broker is unreachable, wait and retry instead of
+        dropping it. The wait is backpressure: the stream that called stops reading (ccxt and the
+        replay/exchange buffer meanwhile), memory stays bounded, nothing acknowledged is lost."""
+        from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+        delay = 0.1
+        while True:
+            try:
+                await self.producer.send(topic, event, key=key)
+                return
+            except KafkaError as e:
+                # a metadata wait that timed out is the broker being away, like a lost connection
+                if not (e.retriable or isinstance(e, KafkaTimeoutError)):
+                    raise
+                log.warning("kafka unavailable; retrying", topic=topic, error=repr(e), retry_in_s=delay)
+                await asyncio.sleep(delay)  # backoff before the next attempt
+                delay = min(5.0, delay * 2)
+
     async def _emit(self, topic: str, event: Event) -> None:
-        await self.producer.send(topic, event)
+        await self._send(topic, event)
 
     async def on_market(self, ev: Event) -> None:
-        await self.producer.send("market.events", ev, key=getattr(ev, "symbol", ev.key))
+        await self._send("market.events", ev, key=getattr(ev, "symbol", ev.key))
         self.events_in += 1
         metrics.EVENTS_IN.labels(ev.type).inc()
         if isinstance(ev, (BookTicker, MarketTrade)):
@@ -158,14 +177,14 @@ class Daemon:
 
     async def on_social(self, ev: Event) -> None:
         key = ev.uri if isinstance(ev, SocialPost) else getattr(ev, "subject_uri", ev.key)
-        await self.producer.send("social.events", ev, key=key)
+        await self._send("social.events", ev, key=key)
         self.events_in += 1
         metrics.EVENTS_IN.labels(ev.type).inc()
         if isinstance(ev, (SocialPost, SocialEngagement)):
             self.context.observe(ev)
 
     async def on_dead_letter(self, dl: DeadLetter) -> None:
-        await self.producer.send("deadletter", dl)
+        await self._send("deadletter", dl)
         self.dead_letters += 1
         metrics.DEAD_LETTERS.labels(dl.source or "source").inc()
 
@@ -209,7 +228,8 @@ class Daemon:
                 "updates": self.learner.updates_applied, "policy_version": self.policy.policy_version,
                 "reward_ewma": None if self.learner.reward.value is None else round(self.learner.reward.value, 4),
                 "group_to_weights_p50_s": p(0.5), "group_to_weights_p99_s": p(0.99),
-                "dead_letters": self.dead_letters, "checksum": self.policy.with_state(model_checksum)[:12]}
+                "dead_letters": self.dead_letters, "checksum": self.policy.with_state(model_checksum)[:12],
+                "learn_offset": self.learner.next_offset, "learn_lag": self.learner.lag()}
 
     async def _status_loop(self) -> None:
         while True:

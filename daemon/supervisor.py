@@ -36,9 +36,10 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self) -> None:
+    def __init__(self, backoff_initial_s: float = 1.0, backoff_max_s: float = 30.0) -> None:
         self.children: list[Child] = []
         self._stopping = False
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
 
     async def _spawn(self, c: Child) -> None:
         c.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,7 @@ class Supervisor:
         log.info("child started", child=c.name, pid=c.proc.pid, log=str(c.log_path))
 
     async def add(self, c: Child) -> None:
+        c._backoff = self.backoff_initial_s
         self.children.append(c)
         await self._spawn(c)
         c._task = asyncio.create_task(self._watch(c), name=f"watch-{c.name}")
@@ -61,11 +63,11 @@ class Supervisor:
             if self._stopping:
                 return
             if time.monotonic() - c.started_at > 60:
-                c._backoff = 1.0
+                c._backoff = self.backoff_initial_s
             log.error("child exited; restarting", child=c.name, returncode=rc, restart_in_s=c._backoff,
                       log=str(c.log_path))
             await asyncio.sleep(c._backoff)  # backoff between restarts, not synchronisation
-            c._backoff = min(30.0, c._backoff * 2)
+            c._backoff = min(self.backoff_max_s, c._backoff * 2)
             c.restarts += 1
             await self._spawn(c)
 
