@@ -56,7 +56,7 @@ async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | Non
     created, present = await ensure_topics(s)
     typer.echo(f"[run] topics: {len(created)} created, {len(present)} present")
     typer.echo("[run] loading or bootstrapping the model (first run: grammar pretraining)...")
-    state, snap = await asyncio.to_thread(load_or_bootstrap, s)
+    state, snap = await asyncio.to_thread(load_or_bootstrap, s, sys.stdout.isatty())
     typer.echo(f"[run] model: {snap} (policy_version {state.policy_version})")
     del state  # the daemon process loads its own copy
 

@@ -47,7 +47,7 @@ def settings_wants_cuda(settings: Settings) -> bool:
     return settings.learner.device == "cuda" or settings.learner.config.get("device") == "cuda"
 
 
-def load_or_bootstrap(settings: Settings) -> tuple[Any, Path]:
+def load_or_bootstrap(settings: Settings, progress: bool = False) -> tuple[Any, Path]:
     """The newest snapshot under the data folder; else the configured initial snapshot; else a
     freshly bootstrapped model saved as the initial snapshot."""
     from learners.bootstrap import ensure_initial_snapshot
@@ -59,7 +59,7 @@ def load_or_bootstrap(settings: Settings) -> tuple[Any, Path]:
         initial = settings.learner.initial_snapshot or root / "0000000000-bootstrap"
         log.info("no snapshot yet: bootstrapping the initial model", path=str(initial))
         newest = ensure_initial_snapshot(initial, learner_config(settings), steps=settings.learner.bootstrap_steps,
-                                         progress=False)
+                                         progress=progress)
     device = None if settings.learner.device == "auto" else settings.learner.device
     return snapshots.load(newest, device=device), newest
 
