@@ -66,7 +66,9 @@ def main():
     ap.add_argument("--eval-groups", type=int, default=20)
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a shared 2-core box)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     local_cfg, e2e_cfg = block_local_and_e2e(args.d, args.heads, args.blocks, args.layers)
     out = {}
     for name, mcfg in (("block-local", local_cfg), ("end-to-end", e2e_cfg)):

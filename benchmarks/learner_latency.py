@@ -28,7 +28,9 @@ def main():
     ap.add_argument("--G", type=int, default=8)
     ap.add_argument("--groups", type=int, default=30)
     ap.add_argument("--selection", default="all", choices=["all", "round_robin", "topk_loss"])
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 is fastest on a shared 2-core box)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     cfg = LearnerConfig(model=ModelConfig(n_blocks=args.blocks, n_layer=args.layers, n_embd=args.d, n_head=args.heads),
                         block_selection=args.selection, sample_steps=24)
     state = build_state(cfg)
