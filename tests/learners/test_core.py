@@ -115,3 +115,16 @@ def test_sampling_is_deterministic_for_a_seed_and_batched():
 def test_config_errors_say_how_to_fix(kw, fragment):
     with pytest.raises(ValueError, match=fragment):
         tiny_config(**kw)
+
+
+def test_topk_loss_selection_prefers_unvisited_then_largest_loss():
+    state = build_state(tiny_config(block_selection="topk_loss", blocks_per_group=1))
+    seen = []
+    for i in range(3):
+        state, ups = step(state, group(i))
+        seen += [u.block for u in ups]
+    assert sorted(seen) == [0, 1, 2]  # every block is visited before any repeats
+    ema = list(state.loss_ema)
+    state, ups = step(state, group(3))
+    assert ups[0].block == max(range(3), key=lambda b: (ema[b], -b))
+    assert state.block_steps[ups[0].block] == 2

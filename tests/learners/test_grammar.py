@@ -1,0 +1,72 @@
+"""The prompt/action grammar: compact prompts, round-trips, and a parser that never raises."""
+
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from learners.grammar import (Invalid, format_market_prompt, format_social_prompt, parse_action,
+                              random_market_example, random_social_example)
+from schemas import MarketActionSpec, SocialActionSpec
+
+
+def test_market_prompt_is_compact_and_ordered():
+    p = format_market_prompt("BTCUSDT", {"volume": 1234.0, "ret_10s": -12.4, "ret_1s": 3.2,
+                                         "spread_bps": 1.23, "imbalance": 0.351, "social_posts": 4})
+    assert p == "M BTCUSDT r1=+3 r10=-12 sp=1.23 im=+0.35 v=1.23k sn=4>"
+    assert format_social_prompt(["gm | all", "to the\nmoon"], 60) == "S h60 0:gm all|1:to the moon>"
+
+
+def test_generated_actions_round_trip():
+    rng = random.Random(0)
+    for _ in range(200):
+        _, a = random_market_example(rng)
+        assert isinstance(parse_action(a, "market"), MarketActionSpec), a
+        _, s = random_social_example(rng)
+        assert isinstance(parse_action(s, "social", n_choices=3), SocialActionSpec), s
+    spec = parse_action(" short 0.25 h30 s20\n")
+    assert (spec.side, spec.size, spec.horizon_s, spec.stop_bps) == ("short", 0.25, 30.0, 20.0)
+    assert parse_action("flat 0.7 h5").size == 0.0
+
+
+@pytest.mark.parametrize("text, task, fragment", [
+    ("", "market", "empty"), ("buy 1 h5", "market", "unknown side"), ("long 2 h5", "market", "outside"),
+    ("long x h5", "market", "not a number"), ("long 1 5", "market", "horizon"), ("long 1 h5 s-3", "market", "stop"),
+    ("long 1 h5 s3 x", "market", "fields"), ("pick 4 h5", "social", "out of range"), ("pick -1 h5", "social", "index"),
+    (None, "market", "not text"), ("long 1 h5", "weather", "unknown task"), ("long nan h5", "market", "outside"),
+])
+def test_malformed_completions_become_invalid_with_a_reason(text, task, fragment):
+    out = parse_action(text, task, n_choices=3)
+    assert isinstance(out, Invalid) and fragment in out.reason
+
+
+def test_parser_never_raises_on_random_bytes():
+    rng = random.Random(1)
+    for _ in range(500):
+        text = bytes(rng.randrange(256) for _ in range(rng.randrange(20))).decode("utf-8", "replace")
+        parse_action(text, rng.choice(["market", "social"]))
+
+
+def test_learners_import_no_kafka_faust_ccxt_daemon_or_streams():
+    code = ("import sys, learners, learners.hf_export, learners.hf_adapter, learners.noprop, learners.bootstrap\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('kafka', 'aiokafka', 'faust', 'ccxt', 'daemon', 'streams')]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_keeps_model_and_optimizer_on_device():
+    from learners.core import LearnerConfig, build_state, sample, step
+    from learners.model import ModelConfig
+    from schemas import GRPOGroup
+
+    state = build_state(LearnerConfig(model=ModelConfig(n_blocks=2, n_layer=1, n_embd=32, n_head=2),
+                                      gen_len=12, sample_steps=12, device="cuda"))
+    comps = sample(state, "M X>", n=4, seed=0)
+    state, ups = step(state, GRPOGroup(group_id="g", symbol="X", policy_version=0, prompt="M X>", completions=comps,
+                                       candidate_indices=[0, 1, 2, 3], rewards=[1, 0, 0, 0],
+                                       advantages=[1.5, -0.5, -0.5, -0.5], group_size=4))
+    assert len(ups) == 2 and all(p.is_cuda for p in state.model.parameters())
+    assert all(v.is_cuda for o in state.optimizers for s in o.state.values() for k, v in s.items() if k != "step")
