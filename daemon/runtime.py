@@ -96,8 +96,7 @@ class Daemon:
         metrics.CUDA_AVAILABLE.set(1 if state.device.type == "cuda" else 0)
         if settings_wants_cuda(s) and state.device.type != "cuda":
             log.warning("no GPU: the learner runs on CPU", requested=s.learner.device)
-        self.producer = EventProducer(s)
-        await self.producer.start()
+        self.producer = await self._connect_producer()
         self._broker_ok_at = time.monotonic()
         self.learner = LearnerLoop(s, self.policy, self.producer, snapshots.snapshot_root(s.data_dir), offset)
         await self.learner.start()
@@ -126,6 +125,25 @@ class Daemon:
         self.http_port = await self.http.start()
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
         log.info("daemon started", http=f"{s.http.host}:{self.http_port}", exchanges=[x.name for x in self.exchanges])
+
+    async def _connect_producer(self, patience_s: float = 300.0) -> EventProducer:
+        """Wait for the broker (restarts and outages happen) rather than crash at start."""
+        from aiokafka.errors import KafkaConnectionError
+
+        deadline = time.monotonic() + patience_s
+        delay = 0.5
+        while True:
+            producer = EventProducer(self.s)
+            try:
+                await producer.start()
+                return producer
+            except KafkaConnectionError as e:
+                await producer.stop()
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("broker unreachable at start; waiting", error=repr(e), retry_in_s=delay)
+                await asyncio.sleep(delay)  # backoff before the next attempt
+                delay = min(5.0, delay * 2)
 
     async def stop(self) -> None:
         """Graceful: stop inputs first, let the model finish, flush, final snapshot."""

@@ -130,13 +130,14 @@ async def offsets_for_timestamp(settings: Settings, name: str, timestamp_ms: int
 
 async def read_range(settings: Settings, name: str, *, start_offsets: dict[int, int] | None = None,
                      start_timestamp_ms: int | None = None, end_offsets: dict[int, int] | None = None,
-                     dead_letter: DeadLetterer | None = None,
+                     dead_letter: DeadLetterer | None = None, skip_undecodable: bool = False,
                      isolation_level: str = "read_committed") -> AsyncIterator[tuple[Position, Event]]:
     """Read ``name`` from offsets (default: the beginning) or a timestamp up to the end offsets
     captured when the read starts (or given), then stop. No consumer group, no commits.
 
-    Undecodable records are dead-lettered when ``dead_letter`` is given, otherwise they raise
-    ``DecodeError`` naming the position: a silent skip is never an option.
+    Undecodable records are dead-lettered when ``dead_letter`` is given, skipped when the caller
+    says so explicitly (``skip_undecodable``: an audit that counts dead letters elsewhere), and
+    otherwise raise ``DecodeError`` naming the position.
     """
     physical_name = physical(settings, name)
     consumer = AIOKafkaConsumer(**client_kwargs(settings), enable_auto_commit=False, auto_offset_reset="earliest",
@@ -165,6 +166,8 @@ async def read_range(settings: Settings, name: str, *, start_offsets: dict[int, 
                         break
                     ev, reason = decode_or_none(rec)
                     if ev is None:
+                        if skip_undecodable:
+                            continue
                         if dead_letter is None:
                             raise DecodeError(f"{tp.topic}[{tp.partition}]@{rec.offset}: {reason}")
                         await dead_letter(rec, reason or "undecodable")

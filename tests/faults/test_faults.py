@@ -28,7 +28,7 @@ def initial_snapshot(tmp_path_factory) -> Path:
 def test_fault_injection(tmp_path, shared_data, initial_snapshot):
     kills = int(os.environ.get("EIGENLOOP_FAULTS_KILLS", "10"))
     fig = asyncio.run(run_chaos(tmp_path, shared_data, initial_snapshot, kills=kills, ws_frames=10_000,
-                                kafka_records=1_000, seed=kills, speed=4.0 if kills <= 10 else 1.5))
+                                kafka_records=1_000, seed=kills, speed=2.0 if kills <= 10 else 1.0))
     fig.print()
     assert sum(fig.kills.values()) == kills and fig.broker_restarts == 1
     assert fig.duplicate_actions == 0
