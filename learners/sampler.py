@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from learners.model import BlockDiffusionLM, block_of_t
+from learners.model import BlockDiffusionLM
 from learners.objective import autocast_for
 
 # logits_fn(x (G,T), t, block) -> logits (G,T,V); block is None for models without blocks
@@ -93,6 +93,7 @@ def sample_ids(logits_fn: LogitsFn, prompt_ids: list[int], *, n: int, gen_len: i
 
 
 def block_of_t_n(n_blocks: int | None, t: float) -> int | None:
+    # same rule as model.block_of_t, for callers (HF models) that have no ModelConfig
     if not n_blocks:
         return None
     return min(max(int(t * n_blocks), 0), n_blocks - 1)
@@ -118,4 +119,4 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return [tokenizer.bos_token_id, *tokenizer.encode(prompt)]
 
 
-__all__ = ["sample_ids", "sample_completions", "native_logits_fn", "top_p_filter", "prompt_ids", "block_of_t"]
+__all__ = ["sample_ids", "sample_completions", "native_logits_fn", "top_p_filter", "prompt_ids"]
