@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from learners.grpo import LOSSES, block_terms, encode_group
+from learners.grpo import LOSSES, all_block_terms, encode_group
 from learners.model import BlockDiffusionLM, ModelConfig
 from learners.objective import make_optimizers
 from learners.tokenizer import ByteTokenizer
@@ -76,6 +76,10 @@ class LearnerConfig:
 
     > Runtime
         device (`str`, default "auto"): "auto" picks CUDA when available. Model and optimiser stay there.
+        batch_blocks (`Literal["auto", "loop", "vmap"]`, default "auto"): "vmap" stacks the updated
+            blocks (torch.func) and runs them, all K draws included, as one batched forward and
+            backward; "loop" runs them one after another (bit-reproducible on CPU); "auto" = vmap on
+            CUDA, loop elsewhere.
         seed (`int`, default 0): seeds the initial weights and the learner's generator.
     """
 
@@ -101,6 +105,7 @@ class LearnerConfig:
     kl_bootstrap_coef: float = 0.0
     keep_reference: bool = True
     device: str = "auto"
+    batch_blocks: Literal["auto", "loop", "vmap"] = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -123,6 +128,8 @@ class LearnerConfig:
             raise ValueError("mc_draws, inner_steps and gen_len must be >= 1")
         if (self.beta > 0 or self.kl_bootstrap_coef > 0) and not self.keep_reference:
             raise ValueError("beta or kl_bootstrap_coef > 0 needs the frozen reference: set keep_reference=True")
+        if self.batch_blocks not in ("auto", "loop", "vmap"):
+            raise ValueError(f"batch_blocks={self.batch_blocks!r}; use 'auto', 'loop' or 'vmap'")
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking={self.remasking!r}; use 'low_confidence' or 'random'")
         if not 0 < self.top_p <= 1:
@@ -230,20 +237,25 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
     old_share: dict[int, torch.Tensor] = {}
     losses: dict[int, torch.Tensor] = {}
     grad_norms: dict[int, float] = {}
+    batched = cfg.batch_blocks == "vmap" or (cfg.batch_blocks == "auto" and state.device.type == "cuda")
+    batched = batched and len(blocks) > 1
     for it in range(cfg.inner_steps):
         state.generator.set_state(mask_state)  # the same masks every inner step (d1)
         for b in blocks:
-            terms = block_terms(model, b, x0, eligible, cfg.mc_draws, state.generator, use_ref,
-                                want_entropy=cfg.entropy_coef > 0)
+            state.optimizers[b].zero_grad(set_to_none=True)
+        all_terms = all_block_terms(model, blocks, x0, eligible, cfg.mc_draws, state.generator, use_ref,
+                                    want_entropy=cfg.entropy_coef > 0, batched=batched)
+        for b in blocks:
+            terms = all_terms[b]
             if it == 0:
                 old_share[b] = terms["share"].detach()
             loss = LOSSES[cfg.loss_type](terms["share"], adv, cfg.gen_len, old_share=old_share[b],
                                          ref_share=terms["ref_share"], clip_eps=cfg.clip_eps, beta=cfg.beta)
             loss = loss - cfg.entropy_coef * terms["entropy"] + cfg.kl_bootstrap_coef * terms["kl"]
             losses[b] = loss
-        for b in blocks:
-            state.optimizers[b].zero_grad(set_to_none=True)
         torch.stack([losses[b] for b in blocks]).sum().backward()  # no parameter is shared
+        if "_finish" in all_terms:
+            all_terms["_finish"]()
         for b in blocks:
             params = list(model.blocks[b].parameters())
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")

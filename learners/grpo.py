@@ -52,36 +52,99 @@ def encode_group(tokenizer, prompt: str, completions: list[str], gen_len: int, d
     return x0, eligible
 
 
-def block_terms(model: BlockDiffusionLM, b: int, x0, eligible, n_draws: int, generator: torch.Generator,
-                ref_model: BlockDiffusionLM | None = None, want_entropy: bool = False) -> dict:
-    """l^_b per completion (G,), with the reference's l^_b, entropy and KL on the same masks."""
+def _draw(model: BlockDiffusionLM, b: int, x0, eligible, n_draws: int, generator: torch.Generator):
+    """K stratified t's in block b's range and one group-shared mask per t."""
     lo, hi = block_range(model.cfg, b)
     ts = sample_t(n_draws, lo, hi, generator, stratified=True)
+    draws = []
+    for k in range(n_draws):
+        t = ts[k].expand(x0.size(0)).to(x0.device)
+        xt, masked = mask_tokens(x0, eligible, t, model.cfg.mask_token_id, generator, shared=True)
+        draws.append((t, xt, masked))
+    return lo, hi, draws
+
+
+def _terms(x0, lo, hi, draws, logits, ref_logits, want_entropy: bool) -> dict:
     G = x0.size(0)
     share = torch.zeros(G, device=x0.device)
     ref_share = torch.zeros(G, device=x0.device)
     ent = kl = torch.zeros((), device=x0.device)
-    for k in range(n_draws):
-        t = ts[k].expand(G)
-        xt, masked = mask_tokens(x0, eligible, t, model.cfg.mask_token_id, generator, shared=True)
-        tt = t.to(x0.device)
-        with autocast_for(x0.device):
-            logits = model.blocks[b](xt, tt)
-        logp_all = F.log_softmax(logits.float(), dim=-1)  # (G, T, V)
-        logp = logp_all.gather(-1, x0[..., None]).squeeze(-1) * masked
-        share = share + (hi - lo) * logp.sum(1) / tt
+    for (t, _, masked), lg, rlg in zip(draws, logits, ref_logits):
+        logp_all = F.log_softmax(lg.float(), dim=-1)  # (G, T, V)
+        share = share + (hi - lo) * (logp_all.gather(-1, x0[..., None]).squeeze(-1) * masked).sum(1) / t
         n_m = masked.sum().clamp(min=1)
         finite = logp_all.masked_fill(torch.isinf(logp_all), 0.0)  # [MASK] has p=0: avoid 0*inf
         if want_entropy:
             ent = ent + (-(logp_all.exp() * finite).sum(-1) * masked).sum() / n_m
-        if ref_model is not None:
-            with torch.no_grad(), autocast_for(x0.device):
-                ref_logits = ref_model.blocks[b](xt, tt)
-            ref_all = F.log_softmax(ref_logits.float(), dim=-1)
-            ref_share = ref_share + (hi - lo) * (ref_all.gather(-1, x0[..., None]).squeeze(-1) * masked).sum(1) / tt
+        if rlg is not None:
+            ref_all = F.log_softmax(rlg.float(), dim=-1)
+            ref_share = ref_share + (hi - lo) * (ref_all.gather(-1, x0[..., None]).squeeze(-1) * masked).sum(1) / t
             ref_finite = ref_all.masked_fill(torch.isinf(ref_all), 0.0)
             kl = kl + ((logp_all.exp() * (finite - ref_finite)).sum(-1) * masked).sum() / n_m
-    return {"share": share / n_draws, "ref_share": ref_share / n_draws, "entropy": ent / n_draws, "kl": kl / n_draws}
+    K = len(draws)
+    return {"share": share / K, "ref_share": ref_share / K, "entropy": ent / K, "kl": kl / K}
+
+
+def block_terms(model: BlockDiffusionLM, b: int, x0, eligible, n_draws: int, generator: torch.Generator,
+                ref_model: BlockDiffusionLM | None = None, want_entropy: bool = False) -> dict:
+    """l^_b per completion (G,), with the reference's l^_b, entropy and KL on the same masks."""
+    return all_block_terms(model, [b], x0, eligible, n_draws, generator, ref_model, want_entropy, batched=False)[b]
+
+
+def _vmapped(modules, xs, ts):
+    """Run same-shaped modules on their own inputs as one batched call: xs (nb, N, T), ts (nb, N)."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    params, buffers = stack_module_state(modules)
+    out = vmap(lambda p, bf, x, t: functional_call(modules[0], (p, bf), (x, t)))(params, buffers, xs, ts)
+    return out, params
+
+
+def all_block_terms(model: BlockDiffusionLM, blocks: list[int], x0, eligible, n_draws: int,
+                    generator: torch.Generator, ref_model: BlockDiffusionLM | None = None,
+                    want_entropy: bool = False, batched: bool = False):
+    """{block: terms} for every listed block; random draws happen in the same order either way.
+
+    ``batched`` stacks the blocks (torch.func) and runs all blocks x K draws as one forward; the
+    returned dict then has a "_finish" callable that must run after backward to copy the stacked
+    gradients into each block's ``.grad``.
+    """
+    drawn = {b: _draw(model, b, x0, eligible, n_draws, generator) for b in blocks}
+    out = {}
+    if not batched:
+        for b in blocks:
+            lo, hi, draws = drawn[b]
+            with autocast_for(x0.device):
+                logits = [model.blocks[b](xt, t) for t, xt, _ in draws]
+                refs = [None] * len(draws)
+                if ref_model is not None:
+                    with torch.no_grad():
+                        refs = [ref_model.blocks[b](xt, t) for t, xt, _ in draws]
+            out[b] = _terms(x0, lo, hi, draws, logits, refs, want_entropy)
+        return out
+    G = x0.size(0)
+    xs = torch.stack([torch.cat([xt for _, xt, _ in drawn[b][2]]) for b in blocks])  # (nb, K*G, T)
+    ts = torch.stack([torch.cat([t for t, _, _ in drawn[b][2]]) for b in blocks])  # (nb, K*G)
+    mods = [model.blocks[b] for b in blocks]
+    with autocast_for(x0.device):
+        logits, params = _vmapped(mods, xs, ts)
+        ref_logits = None
+        if ref_model is not None:
+            with torch.no_grad():
+                ref_logits, _ = _vmapped([ref_model.blocks[b] for b in blocks], xs, ts)
+    for i, b in enumerate(blocks):
+        lo, hi, draws = drawn[b]
+        lg = list(logits[i].split(G))
+        rl = list(ref_logits[i].split(G)) if ref_logits is not None else [None] * len(draws)
+        out[b] = _terms(x0, lo, hi, draws, lg, rl, want_entropy)
+
+    def finish():
+        for i, m in enumerate(mods):
+            for name, p in m.named_parameters():
+                g = params[name].grad
+                p.grad = None if g is None else g[i].clone()
+    out["_finish"] = finish
+    return out
 
 
 def wd1_weights(adv: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,15 @@ def test_topk_loss_selection_prefers_unvisited_then_largest_loss():
     state, ups = step(state, group(3))
     assert ups[0].block == max(range(3), key=lambda b: (ema[b], -b))
     assert state.block_steps[ups[0].block] == 2
+
+
+def test_vmapped_grpo_step_matches_the_loop():
+    a = build_state(tiny_config(batch_blocks="loop", kl_bootstrap_coef=0.1, entropy_coef=0.01))
+    b = build_state(tiny_config(batch_blocks="vmap", kl_bootstrap_coef=0.1, entropy_coef=0.01))
+    for i in range(2):
+        a, ua = step(a, group(i))
+        b, ub = step(b, group(i))
+        assert [u.block for u in ua] == [u.block for u in ub]
+        assert all(abs(x.loss - y.loss) < 1e-4 for x, y in zip(ua, ub))
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-5)
