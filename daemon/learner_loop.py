@@ -23,7 +23,7 @@ from daemon import metrics, snapshots
 from daemon.eventlog import DeadLetterer, EventProducer
 from daemon.eventlog.connection import client_kwargs, topic
 from daemon.eventlog.reader import decode_or_none
-from daemon.learning import Ewma, coalesce, plan_batches
+from daemon.learning import RECENT_GROUPS, Ewma, RecentIds, coalesce, plan_batches
 from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
 from schemas import GRPOGroup, SnapshotMarker
@@ -34,7 +34,7 @@ log = get_logger("learner")
 
 class LearnerLoop:
     def __init__(self, settings: Settings, policy: ResidentPolicy, producer: EventProducer,
-                 snapshot_root: Path, start_offset: int):
+                 snapshot_root: Path, start_offset: int, recent_groups: list[str] | None = None):
         self.s = settings
         self.policy = policy
         self.producer = producer
@@ -48,6 +48,11 @@ class LearnerLoop:
         self.groups_applied = 0
         self.groups_dropped = 0
         self.latencies: list[float] = []  # group close → weights, seconds (bounded below)
+        # The streams worker delivers at least once: a group it re-emits after a restart carries
+        # the same group_id (and event_id). Each group is learned from once; the recent ids
+        # travel in the snapshot so a restarted learner still recognises them.
+        self.recent = RecentIds(RECENT_GROUPS, recent_groups or ())
+        self.duplicates = 0
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
@@ -106,6 +111,11 @@ class LearnerLoop:
                                        "DecodeError" if ev is None else "WrongType")
                 metrics.DEAD_LETTERS.labels("learner").inc()
                 continue
+            if ev.group_id in self.recent:
+                self.duplicates += 1
+                metrics.GROUPS_IN.labels("duplicate").inc()
+                continue
+            self.recent.add(ev.group_id)
             groups.append((rec.offset, ev))
         last_offset = records[-1].offset
         offset_of = {id(g): off for off, g in groups}
@@ -157,15 +167,21 @@ class LearnerLoop:
 
     async def _snapshot(self) -> Path:
         offsets = {f"learn.groups:0": self.next_offset}
+        extra = {"recent_groups": self.recent.ids()}
         path = await asyncio.to_thread(self.policy.with_state,
                                        lambda st: snapshots.write_snapshot(st, self.snapshot_root, offsets,
-                                                                       keep=self.s.learner.keep_snapshots))
+                                                                       keep=self.s.learner.keep_snapshots, extra=extra))
         await self.producer.flush()  # the updates before it are durable before the marker says so
         info = snapshots.read_snapshot_info(path)
         marker = SnapshotMarker(snapshot_id=path.name, path=str(path), policy_version=info["policy_version"],
                                 step=info["step"], offsets=offsets, checksum=_state_checksum(self.policy),
                                 key=path.name, source="learner")
         await self.producer.send_and_wait("learn.snapshots", marker)
+        # The streams worker delivers at least once: a group it re-emits after a restart carries
+        # the same group_id (and event_id). Each group is learned from once; the recent ids
+        # travel in the snapshot so a restarted learner still recognises them.
+        self.recent = RecentIds(RECENT_GROUPS, recent_groups or ())
+        self.duplicates = 0
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         metrics.SNAPSHOTS.inc()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections import OrderedDict
+from typing import Iterable, Sequence
 
 from learners.core import has_signal
 from schemas import GRPOGroup
 
 COALESCE_SEP = "+"
+RECENT_GROUPS = 10_000  # group ids remembered for dedupe; re-emissions come right after a restart
 
 
 def coalesce(groups: Sequence[GRPOGroup]) -> GRPOGroup:
@@ -94,3 +96,37 @@ def replay_plan(groups: Sequence[GRPOGroup], applied_ids: Sequence[str] | None) 
             plan.append([g])
         # else: a group with signal that no update mentions was dropped under backpressure
     return plan
+
+
+class RecentIds:
+    """The last ``capacity`` ids seen, in order, for at-least-once dedupe in bounded memory."""
+
+    def __init__(self, capacity: int, initial: Iterable[str] = ()):
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        for i in initial:
+            self.add(i)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._ids
+
+    def add(self, key: str) -> None:
+        self._ids[key] = None
+        self._ids.move_to_end(key)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+
+def first_occurrences(groups: Iterable[GRPOGroup], seen: Iterable[str] = ()) -> list[GRPOGroup]:
+    """Groups in log order without re-emitted duplicates, as the live learner applies them."""
+    recent = RecentIds(RECENT_GROUPS, seen)
+    out = []
+    for g in groups:
+        if g.group_id in recent:
+            continue
+        recent.add(g.group_id)
+        out.append(g)
+    return out

@@ -98,7 +98,9 @@ class Daemon:
             log.warning("no GPU: the learner runs on CPU", requested=s.learner.device)
         self.producer = await self._connect_producer()
         self._broker_ok_at = time.monotonic()
-        self.learner = LearnerLoop(s, self.policy, self.producer, snapshots.snapshot_root(s.data_dir), offset)
+        recent = snapshots.read_snapshot_info(snap).get("metadata", {}).get("recent_groups", [])
+        self.learner = LearnerLoop(s, self.policy, self.producer, snapshots.snapshot_root(s.data_dir), offset,
+                                   recent_groups=recent)
         await self.learner.start()
         self.actor = Actor(self.policy, self.context, self._emit, self.executor.execute, s.actor, s.groups,
                            seed=int(time.time()))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from daemon.eventlog import Position, read_range
+from daemon.learning import RECENT_GROUPS, RecentIds
 from schemas import BlockUpdate, GRPOGroup
 from schemas.settings import Settings
 
@@ -49,6 +50,7 @@ class ReplayResult:
     groups: int = 0
     applied: int = 0
     skipped: int = 0
+    duplicates: int = 0
     updates: int = 0
     verified: int = 0
     divergence: Divergence | None = None
@@ -61,7 +63,8 @@ class ReplayResult:
     def summary(self) -> dict[str, Any]:
         total = self.bookkeeping_s + self.read_s
         return {
-            "groups": self.groups, "applied": self.applied, "skipped": self.skipped, "updates": self.updates,
+            "groups": self.groups, "applied": self.applied, "skipped": self.skipped, "duplicates": self.duplicates,
+            "updates": self.updates,
             "verified_updates": self.verified, "policy_version": self.policy_version,
             "first_divergence": self.divergence.describe() if self.divergence else None,
             "bookkeeping_groups_per_s": round(self.groups / total, 1) if total > 0 else None,
@@ -125,7 +128,8 @@ async def read_updates(settings: Settings, since_ms: int | None, topic: str = "l
 def replay(state: Any, groups: Iterable[tuple[Position, GRPOGroup]], step_fn: StepFn, *,
            recorded: dict[str, BlockUpdate] | None = None, stop_at_divergence: bool = True,
            on_group: Callable[[], None] | None = None,
-           on_updates: Callable[[GRPOGroup, list[BlockUpdate]], None] | None = None) -> tuple[Any, ReplayResult]:
+           on_updates: Callable[[GRPOGroup, list[BlockUpdate]], None] | None = None,
+           seen_groups: Iterable[str] = ()) -> tuple[Any, ReplayResult]:
     """Apply ``groups`` to ``state`` with ``step_fn``; compare with ``recorded`` when given."""
     res = ReplayResult()
     matched: set[str] = set()
@@ -133,7 +137,12 @@ def replay(state: Any, groups: Iterable[tuple[Position, GRPOGroup]], step_fn: St
     for u in (recorded or {}).values():
         by_group.setdefault(u.group_id, []).append(u)
     clock = time.perf_counter
+    seen = RecentIds(RECENT_GROUPS, seen_groups)
     for pos, group in groups:
+        if group.group_id in seen:
+            res.duplicates += 1
+            continue  # a re-emitted group: the live learner applied it once, so does the replay
+        seen.add(group.group_id)
         t0 = clock()
         state, updates = step_fn(state, group)
         t1 = clock()

@@ -85,7 +85,8 @@ async def _run(settings: Any, snapshot: Path, *, from_offset: Optional[str], fro
             result = await run_what_if(settings, reward, groups, state, shadow, step,
                                        on_group=lambda: progress.advance(applying))
             return {"what_if": result.summary()}, True
-        _, res = rp.replay(state, groups, step, recorded=recorded, on_group=lambda: progress.advance(applying))
+        _, res = rp.replay(state, groups, step, recorded=recorded, on_group=lambda: progress.advance(applying),
+                           seen_groups=info.get("metadata", {}).get("recent_groups", ()))
     summary = res.summary()
     summary["verified"] = verify
     return summary, res.divergence is None

@@ -152,12 +152,14 @@ def wait_status(port: int, ok, timeout: float, proc: Proc) -> dict:
 def clean_replay(initial: Path, groups, upto_offset: int | None = None):
     """Apply ``groups`` (log order) to the initial snapshot with the learner's pure step;
     returns (state, updates). The reference every live run must reproduce."""
+    from daemon.learning import first_occurrences
     from learners.core import step
     from learners.snapshot import load_snapshot
 
     state = load_snapshot(initial, device="cpu")
     updates = []
-    for g in groups[:upto_offset]:
+    # the worker delivers at least once; the learner applies each group id once
+    for g in first_occurrences(groups[:upto_offset]):
         state, ups = step(state, g)
         updates.extend(ups)
     return state, updates
