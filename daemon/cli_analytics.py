@@ -202,3 +202,9 @@ def register(app: typer.Typer) -> None:
     _register_reports()
     app.add_typer(analytics_app, name="analytics")
     app.command("replay")(replay_command)
+
+
+# issue 9: the collapse report registers itself (its own options, computed in Python)
+from daemon.analytics.collapse import register as _register_collapse  # noqa: E402
+
+_register_collapse(analytics_app)
