@@ -54,7 +54,8 @@ ZERO_SPREAD = Gauge("eigenloop_diversity_zero_spread_share", "Share of groups wi
 VALID = Gauge("eigenloop_diversity_valid_share", "Share of candidates that parse, last window")
 PROBE_DIVERGENCE = Gauge("eigenloop_diversity_probe_divergence",
                          "Jensen-Shannon divergence (bits) of the probe set's actions from the bootstrap policy")
-PROBE_ENTROPY = Gauge("eigenloop_diversity_probe_entropy_bits", "Action entropy on the probe set at the base temperature")
+PROBE_ENTROPY = Gauge("eigenloop_diversity_probe_entropy_bits",
+                      "Action entropy on the probe set at the base temperature")
 UPDATE_RATIO = Gauge("eigenloop_block_update_ratio", "Last update norm relative to the parameter norm", ["block"])
 
 REGULARISER_ATTR = {"kl_bootstrap": "kl_bootstrap_coef", "entropy": "entropy_coef"}
@@ -70,8 +71,8 @@ class GuardConfig(BaseModel):
     consecutive_windows: int = Field(3, ge=1, description="K: unhealthy windows in a row before each escalation")
     entropy_floor_bits: float = Field(1.0, ge=0, description="parsed-action entropy per window below this is unhealthy")
     zero_spread_ceiling: float = Field(0.6, ge=0, le=1, description="share of no-signal groups above this is unhealthy")
-    divergence_ceiling: float | None = Field(None, ge=0, le=1,
-                                             description="probe JS divergence (bits) above this is unhealthy; None: measure only")
+    divergence_ceiling: float | None = Field(
+        None, ge=0, le=1, description="probe JS divergence (bits) above this is unhealthy; None: measure only")
     temperature_step: float = Field(0.25, gt=0)
     temperature_max: float = Field(1.5, gt=0)
     regulariser: Literal["kl_bootstrap", "entropy"] = "kl_bootstrap"
@@ -192,10 +193,12 @@ class CollapseGuard:
         if metrics.action_entropy < c.entropy_floor_bits:
             verdict.reasons.append(f"action entropy {metrics.action_entropy:.2f} bits < floor {c.entropy_floor_bits:g}")
         if metrics.zero_spread_share > c.zero_spread_ceiling:
-            verdict.reasons.append(f"zero-spread share {metrics.zero_spread_share:.2f} > ceiling {c.zero_spread_ceiling:g}")
+            verdict.reasons.append(f"zero-spread share {metrics.zero_spread_share:.2f} "
+                                   f"> ceiling {c.zero_spread_ceiling:g}")
         if c.divergence_ceiling is not None and verdict.probe_divergence is not None \
                 and verdict.probe_divergence > c.divergence_ceiling:
-            verdict.reasons.append(f"probe divergence {verdict.probe_divergence:.2f} bits > ceiling {c.divergence_ceiling:g}")
+            verdict.reasons.append(f"probe divergence {verdict.probe_divergence:.2f} bits "
+                                   f"> ceiling {c.divergence_ceiling:g}")
         self.windows.append(verdict)
         self._export(verdict)
         if verdict.healthy:
@@ -302,10 +305,10 @@ class CollapseGuard:
         self.policy.with_state(restore)
         self.level, self.base = 0, None
         probe = "" if self._last_probe is None else f", probe entropy {self._last_probe[0]:.2f} bits"
-        return [self._act("release", f"healthy for {self.healthy_run} windows (action entropy "
-                                     f"{m.action_entropy:.2f} bits, zero-spread share {m.zero_spread_share:.2f}{probe}): "
-                                     f"temperature back to {self._temperature():g}, regulariser back to its setting",
-                          last, value=float(self._temperature()))]
+        reason = (f"healthy for {self.healthy_run} windows (action entropy {m.action_entropy:.2f} bits, "
+                  f"zero-spread share {m.zero_spread_share:.2f}{probe}): temperature back to "
+                  f"{self._temperature():g}, regulariser back to its setting")
+        return [self._act("release", reason, last, value=float(self._temperature()))]
 
     def _act(self, action: str, reason: str, last: GRPOGroup, blocks: list[int] | None = None,
              value: float = 0.0) -> GuardAction:

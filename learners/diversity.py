@@ -158,7 +158,8 @@ def update_ratio(update_norm: float, param_norm: float) -> float:
 
 # -- the probe set ------------------------------------------------------------------------------
 
-def probe_prompts(n: int = 16, seed: int = 1234, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")) -> list[str]:
+def probe_prompts(n: int = 16, seed: int = 1234,
+                  symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")) -> list[str]:
     """A fixed set of market prompts: the same ``n`` prompts for the same seed, every time, so that
     a change of the probe distribution is a change of the policy and never of its inputs."""
     rng = random.Random(seed)

@@ -245,7 +245,8 @@ def register(app: Any) -> None:
                 window: Optional[int] = typer.Option(None, "--window", min=1,
                                                      help=f"groups per window (default {DEFAULT_WINDOW}, the guard's)"),
                 last: int = typer.Option(20_000, "--last", min=1, help="only the newest this-many groups"),
-                floor: float = typer.Option(DEFAULT_FLOOR, "--floor", help="entropy floor to draw and compare, bits")) -> None:
+                floor: float = typer.Option(DEFAULT_FLOOR, "--floor",
+                                            help="entropy floor to draw and compare, bits")) -> None:
         """Diversity of the generated actions over time, and whether (and since when) it is falling."""
         collapse_command(fmt, plot, window, last, floor)
 

@@ -62,7 +62,8 @@ def as_results(groups, updates, guard) -> tuple[Result, Result, Result]:
         a = agg.setdefault((u.policy_version, u.block), [0, 0.0])
         a[0] += 1
         a[1] += u.update_norm / u.param_norm
-    u = Result(["policy_version", "block", "updates", "ratio_sum"], [], [(v, b, n, s) for (v, b), (n, s) in sorted(agg.items())])
+    u = Result(["policy_version", "block", "updates", "ratio_sum"], [],
+               [(v, b, n, s) for (v, b), (n, s) in sorted(agg.items())])
     a = Result(["ts_event", "policy_version", "action", "blocks", "value", "reason"], [],
                [(x.ts_event, x.policy_version, x.action, x.blocks, x.value, x.reason) for x in guard])
     return g, u, a
@@ -72,7 +73,8 @@ def test_windows_blocks_and_verdict_from_rows():
     results, trend = compute(*as_results(*synthetic_log()), window=WINDOW)
     wins = results["windows"][1].dicts()
     assert len(wins) == WINDOWS
-    assert [round(w["action_entropy"], 2) for w in wins] == [3.0] * HEALTHY_WINDOWS + [0.0] * (WINDOWS - HEALTHY_WINDOWS)
+    collapsed = WINDOWS - HEALTHY_WINDOWS
+    assert [round(w["action_entropy"], 2) for w in wins] == [3.0] * HEALTHY_WINDOWS + [0.0] * collapsed
     assert [w["zero_spread_share"] for w in wins] == [0.0] * HEALTHY_WINDOWS + [1.0] * (WINDOWS - HEALTHY_WINDOWS)
     assert wins[HEALTHY_WINDOWS]["version_from"] == WINDOW * HEALTHY_WINDOWS  # stuck: nothing is learned
     assert trend.falling and trend.since_policy_version == WINDOW * HEALTHY_WINDOWS
@@ -101,7 +103,8 @@ for offset, ev in enumerate(ev for events in synthetic_log() for ev in events):
     cols = spec.columns()
     store.insert(f"{store.database}.{spec.name}", [[c.get(ev) for c in cols] + ["t", 0, offset]],
                  [c.name for c in cols] + [n for n, _ in KAFKA_COLUMNS])
-print(store.query("SELECT count(), sum(zero_spread), round(avg(distinct_ratio), 4) FROM eigenloop.group_diversity").rows)
+print(store.query("SELECT count(), sum(zero_spread), round(avg(distinct_ratio), 4) "
+                  "FROM eigenloop.group_diversity").rows)
 store.close()
 """
 
