@@ -62,8 +62,12 @@ async def serve_daemon(settings, *, live_ack: bool, stop: asyncio.Event | None =
     await daemon.start()
     typer.echo(json.dumps({"daemon": "started", "http_port": daemon.http_port,
                            "policy_version": daemon.policy.policy_version}), err=True)
-    await stop.wait()
+    failed = await daemon.run_until(stop)
     await daemon.stop()
+    if failed:
+        # a part died on an error it could not handle: exit non-zero so the supervisor (or
+        # Kubernetes) restarts the whole daemon from its last snapshot
+        raise SystemExit(f"daemon part failed: {failed}")
 
 
 def register(app: typer.Typer) -> None:

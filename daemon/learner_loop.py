@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from daemon import metrics, snapshots
 from daemon.eventlog import DeadLetterer, EventProducer
@@ -86,8 +87,18 @@ class LearnerLoop:
 
     async def _run(self) -> None:
         assert self._consumer is not None
+        delay = 0.5
         while not self._stopping.is_set():
-            got = await self._consumer.getmany(self.tp, timeout_ms=500)
+            try:
+                got = await self._consumer.getmany(self.tp, timeout_ms=500)
+                delay = 0.5
+            except KafkaError as e:
+                # the broker is away (restart, outage): nothing was consumed, so waiting and
+                # polling again loses nothing
+                log.warning("learner poll failed; retrying", error=repr(e), retry_in_s=delay)
+                await asyncio.sleep(delay)  # backoff before the next poll
+                delay = min(5.0, delay * 2)
+                continue
             records = got.get(self.tp, [])
             async with self.lock:
                 if records:
@@ -96,6 +107,20 @@ class LearnerLoop:
             lag = self.lag()
             if lag is not None:
                 metrics.LEARNER_LAG.set(lag)
+
+    async def send(self, topic_name: str, event) -> None:
+        """Send, waiting out a broker outage: an applied step's updates must not be lost."""
+        delay = 0.1
+        while True:
+            try:
+                await self.producer.send(topic_name, event)
+                return
+            except KafkaError as e:
+                if not (e.retriable or isinstance(e, KafkaTimeoutError)):
+                    raise
+                log.warning("kafka unavailable; retrying", topic=topic_name, error=repr(e), retry_in_s=delay)
+                await asyncio.sleep(delay)  # backoff before the next attempt
+                delay = min(5.0, delay * 2)
 
     def lag(self) -> int | None:
         """Groups in the log not yet applied (None before the first fetch)."""
@@ -139,7 +164,7 @@ class LearnerLoop:
         for u in updates:
             if len(batch) > 1:
                 u = u.model_copy(update={"coalesced": len(batch)})
-            await self.producer.send("learn.updates", u)
+            await self.send("learn.updates", u)
             metrics.UPDATES.labels(str(u.block)).inc()
         if updates:
             self.updates_applied += len(updates)

@@ -147,6 +147,19 @@ class Daemon:
                 await asyncio.sleep(delay)  # backoff before the next attempt
                 delay = min(5.0, delay * 2)
 
+    async def run_until(self, stop: asyncio.Event) -> str | None:
+        """Wait for ``stop``, or for a part's task to end on an error; returns that error."""
+        watched = {"learner": self.learner._task, "actor": self.actor._task}
+        stopper = asyncio.create_task(stop.wait())
+        tasks = [t for t in watched.values() if t is not None]
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for name, task in watched.items():
+            if task in done and not task.cancelled() and task.exception() is not None:
+                log.error("daemon part failed", part=name, error=repr(task.exception()))
+                return f"{name}: {task.exception()!r}"
+        return None
+
     async def stop(self) -> None:
         """Graceful: stop inputs first, let the model finish, flush, final snapshot."""
         self._status_task.cancel()

@@ -49,6 +49,7 @@ def _start_pipeline(s, tmp_path, initial):
 
 
 @pytest.mark.kafka
+@pytest.mark.timeout(1500)
 def test_replay_through_the_whole_loop(kafka_settings, tmp_path, shared_data, tiny_initial_snapshot):
     with ReplayThread(shared_data, speed=4.0, symbols=["BTC/USDT"], markets=("spot", "usdm"), social=True) as cluster:
         s = loop_settings(kafka_settings, tmp_path, cluster)
@@ -82,6 +83,7 @@ def test_replay_through_the_whole_loop(kafka_settings, tmp_path, shared_data, ti
 
 
 @pytest.mark.kafka
+@pytest.mark.timeout(1500)
 def test_daemon_kill9_restart_exactly_once(kafka_settings, tmp_path, shared_data, tiny_initial_snapshot):
     with ReplayThread(shared_data, speed=4.0, symbols=["BTC/USDT"], markets=("spot", "usdm"), social=False) as cluster:
         s = loop_settings(kafka_settings, tmp_path, cluster)

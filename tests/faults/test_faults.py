@@ -25,6 +25,7 @@ def initial_snapshot(tmp_path_factory) -> Path:
 
 
 @pytest.mark.kafka
+@pytest.mark.timeout(2400)
 def test_fault_injection(tmp_path, shared_data, initial_snapshot):
     kills = int(os.environ.get("EIGENLOOP_FAULTS_KILLS", "10"))
     fig = asyncio.run(run_chaos(tmp_path, shared_data, initial_snapshot, kills=kills, ws_frames=10_000,
