@@ -44,3 +44,19 @@ def state_sample(state, prompt, seed):
     from learners.core import sample
 
     return sample(state, prompt, n=8, seed=seed)
+
+
+def test_ensure_initial_snapshot_writes_once(tmp_path):
+    from learners.bootstrap import ensure_initial_snapshot
+    from learners.core import LearnerConfig
+    from learners.model import ModelConfig
+    from learners.snapshot import read_snapshot_info
+
+    cfg = LearnerConfig(model=ModelConfig(n_blocks=2, n_layer=1, n_embd=16, n_head=2), gen_len=24, sample_steps=24,
+                        device="cpu")
+    path = ensure_initial_snapshot(tmp_path / "init", cfg, steps=3, progress=False)
+    info = read_snapshot_info(path)
+    assert info["metadata"]["source"] == "bootstrap" and 0.0 <= info["metadata"]["parse_rate"] <= 1.0
+    stamp = (path / "state.json").stat().st_mtime_ns
+    assert ensure_initial_snapshot(path, cfg, steps=3, progress=False) == path
+    assert (path / "state.json").stat().st_mtime_ns == stamp
