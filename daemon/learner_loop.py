@@ -27,6 +27,7 @@ from daemon.eventlog.reader import decode_or_none
 from daemon.learning import RECENT_GROUPS, Ewma, RecentIds, coalesce, plan_batches
 from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
+from learners.core import block_checksum
 from schemas import GRPOGroup, SnapshotMarker
 from schemas.settings import Settings
 
@@ -54,6 +55,9 @@ class LearnerLoop:
         # travel in the snapshot so a restarted learner still recognises them.
         self.recent = RecentIds(RECENT_GROUPS, recent_groups or ())
         self.duplicates = 0
+        # per-block checksums as of the last update, so status pages never take the model's lock
+        self.block_checksums: dict[int, str] = {}
+        self.refresh_checksums()
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
@@ -122,6 +126,20 @@ class LearnerLoop:
                 await asyncio.sleep(delay)  # backoff before the next attempt
                 delay = min(5.0, delay * 2)
 
+    def refresh_checksums(self) -> None:
+        """Recompute every block's checksum (at start, and after weights change outside a step)."""
+        self.block_checksums = self.policy.with_state(  # type: ignore[assignment]
+            lambda st: {b: block_checksum(st.model, b) for b in range(len(st.model.blocks))})
+
+    def checksum(self) -> str:
+        """The model checksum (``model_checksum``) from the tracked per-block checksums."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for b in sorted(self.block_checksums):
+            h.update(self.block_checksums[b].encode())
+        return h.hexdigest()
+
     def lag(self) -> int | None:
         """Groups in the log not yet applied (None before the first fetch)."""
         hw = self._consumer.highwater(self.tp) if self._consumer else None
@@ -162,6 +180,7 @@ class LearnerLoop:
         updates, seconds = await self.policy.apply(group)
         metrics.STEP_SECONDS.observe(seconds)
         for u in updates:
+            self.block_checksums[u.block] = u.checksum
             if len(batch) > 1:
                 u = u.model_copy(update={"coalesced": len(batch)})
             await self.send("learn.updates", u)
@@ -199,7 +218,7 @@ class LearnerLoop:
         await self.producer.flush()  # the updates before it are durable before the marker says so
         info = snapshots.read_snapshot_info(path)
         marker = SnapshotMarker(snapshot_id=path.name, path=str(path), policy_version=info["policy_version"],
-                                step=info["step"], offsets=offsets, checksum=_state_checksum(self.policy),
+                                step=info["step"], offsets=offsets, checksum=self.checksum(),
                                 key=path.name, source="learner")
         await self.producer.send_and_wait("learn.snapshots", marker)
         # The streams worker delivers at least once: a group it re-emits after a restart carries
@@ -207,15 +226,14 @@ class LearnerLoop:
         # travel in the snapshot so a restarted learner still recognises them.
         self.recent = RecentIds(RECENT_GROUPS, recent_groups or ())
         self.duplicates = 0
+        # per-block checksums as of the last update, so status pages never take the model's lock
+        self.block_checksums: dict[int, str] = {}
+        self.refresh_checksums()
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         metrics.SNAPSHOTS.inc()
         log.info("snapshot written", path=str(path), policy_version=marker.policy_version, offset=self.next_offset)
         return path
-
-
-def _state_checksum(policy: ResidentPolicy) -> str:
-    return policy.with_state(model_checksum)  # type: ignore[return-value]
 
 
 def model_checksum(state) -> str:

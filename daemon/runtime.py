@@ -18,7 +18,7 @@ from daemon.context import ContextWindow
 from daemon.eventlog import EventProducer
 from daemon.executors import KillSwitch, LiveExecutor, PaperExecutor
 from daemon.http import HttpServer
-from daemon.learner_loop import LearnerLoop, model_checksum
+from daemon.learner_loop import LearnerLoop
 from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
 from schemas import BookTicker, DeadLetter, Event, MarketTrade, SocialEngagement, SocialPost, StreamGap
@@ -244,6 +244,7 @@ class Daemon:
         async with self.learner.lock:  # not in the middle of applying a poll's groups
             state = await asyncio.to_thread(self.policy.with_state, lambda st: pin_blocks(st, snapshot, blocks))
             self.policy.replace_state(state)  # type: ignore[arg-type]
+            await asyncio.to_thread(self.learner.refresh_checksums)
             event = GuardAction(action="pin_blocks", reason=reason, policy_version=self.policy.policy_version,
                                 blocks=blocks, key=str(self.policy.policy_version), source="operator")
             await self.producer.send_and_wait("learn.guard", event)
@@ -261,7 +262,7 @@ class Daemon:
                 "updates": self.learner.updates_applied, "policy_version": self.policy.policy_version,
                 "reward_ewma": None if self.learner.reward.value is None else round(self.learner.reward.value, 4),
                 "group_to_weights_p50_s": p(0.5), "group_to_weights_p99_s": p(0.99),
-                "dead_letters": self.dead_letters, "checksum": self.policy.with_state(model_checksum)[:12],
+                "dead_letters": self.dead_letters, "checksum": self.learner.checksum()[:12],
                 "learn_offset": self.learner.next_offset, "learn_lag": self.learner.lag()}
 
     async def _status_loop(self) -> None:
