@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 streams_app = typer.Typer(no_args_is_help=True, help="Stream processors: rewards and GRPO groups.")
@@ -22,6 +24,72 @@ def worker(loglevel: str = typer.Option("warning", help="faust/worker log level"
     from streams.app import run_worker
 
     run_worker(s, bootstrap, loglevel=loglevel)
+
+
+@streams_app.command("flink")
+def flink(
+    local: bool = typer.Option(False, "--local", help="run on a local Flink mini-cluster (the default)"),
+    jobmanager: str = typer.Option(None, help="submit to this JobManager REST URL instead, e.g. http://flink:8081"),
+    parallelism: int = typer.Option(None, min=1, help="operator parallelism (default 1)"),
+    checkpoint_dir: Path = typer.Option(None, help="checkpoint folder (default <data_dir>/flink/<app>/checkpoints)"),
+    checkpoint_interval: float = typer.Option(None, help="seconds between checkpoints (outputs commit then)"),
+    restore: str = typer.Option(None, help="start from this checkpoint/savepoint path, or 'latest'"),
+    delivery: str = typer.Option(None, help="exactly-once (default) or at-least-once"),
+    group_id: str = typer.Option(None, help="Kafka consumer group of the sources"),
+    python_executable: str = typer.Option(None, help="Python of the task managers (remote clusters)"),
+    topic: list[str] = typer.Option([], "--topic", help="NAME=TOPIC, e.g. learn.groups=shadow.groups (repeatable)"),
+) -> None:
+    """Run the PyFlink job (same rewards and groups as the worker) until stopped, or submit it."""
+    import os
+
+    from daemon import kafka_local
+    from daemon.cli import _state, fail, settings
+    from daemon.eventlog.connection import bootstrap_for
+
+    s = settings()
+    try:
+        bootstrap = bootstrap_for(s)
+    except kafka_local.BrokerError as e:
+        raise fail(str(e))
+    if local and jobmanager:
+        raise fail("--local and --jobmanager exclude each other")
+    python = _flink_python()
+    if python is None:
+        raise fail("PyFlink is not installed: run `make flink-setup` (or set EIGENLOOP_FLINK_PYTHON)")
+    argv = [python, "-m", "streams.flink_job", "--bootstrap", bootstrap]
+    argv += ["--jobmanager", jobmanager] if jobmanager else ["--local"]
+    opts = {"--parallelism": parallelism, "--checkpoint-dir": checkpoint_dir,
+            "--checkpoint-interval": checkpoint_interval, "--restore": restore, "--delivery": delivery,
+            "--group-id": group_id, "--python-executable": python_executable}
+    for flag, value in opts.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    for item in topic:
+        name, sep, physical = item.partition("=")
+        if not sep or not physical:
+            raise fail(f"--topic {item!r}: expected NAME=TOPIC")
+        argv += [f"--topic-{name.replace('.', '-')}", physical]
+    env = dict(os.environ)
+    if _state.get("config"):
+        env["EIGENLOOP_CONFIG"] = str(Path(str(_state["config"])).resolve())
+    # replace this process: signals reach the job directly and its exit code is ours
+    os.execve(python, argv, env)
+
+
+def _flink_python() -> str | None:
+    """The interpreter that has PyFlink: EIGENLOOP_FLINK_PYTHON, the project's Flink venv
+    (`make flink-setup`), or this one if PyFlink happens to be importable here."""
+    import importlib.util
+    import os
+    import sys
+
+    env = os.environ.get("EIGENLOOP_FLINK_PYTHON")
+    if env:
+        return env
+    venv = Path(__file__).resolve().parent.parent / ".cache" / "flink-venv" / "bin" / "python"
+    if venv.exists():
+        return str(venv)
+    return sys.executable if importlib.util.find_spec("pyflink") else None
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,181 @@
+"""The keyed operator of the PyFlink job: ``SymbolEngine`` over Flink keyed state, Flink timers.
+
+The Faust worker and this operator run the *same* ``streams.engine.SymbolEngine``, so outcomes
+and groups come from the same pure functions (``rewards.score_action``/``to_outcome``,
+``grouping.close_group``) by the same rules. Only the plumbing differs:
+
+- **State.** The engine's six mappings (book and trade buckets, index, pending candidates,
+  agenda, closed groups) are Flink ``MapState`` of the current key (the symbol), through
+  ``StateMap``. Flink checkpoints them together with the Kafka offsets, so a restart from a
+  checkpoint resumes exactly where the outputs of that checkpoint were committed.
+- **Event time.** An event-time timer is set at each symbol's earliest group window end; the
+  job's watermark (from the Kafka sources, bounded out-of-orderness, idle partitions ignored)
+  fires it, and it ticks the engine with that watermark, which closes the windows that are over.
+- **Idle streams.** A processing-time timer every ``idle_tick_s`` while the symbol has pending
+  work does what the Faust worker's wall-clock timer does (``engine.idle_due``): when no event
+  comes at all, the watermark does not move, yet windows must close. The engine's idle estimate
+  is used only while the symbol's partition is *live* (its last record was processed within
+  ``LIVE_LAG_NS`` of being ingested); a replayed backlog advances by its own events only, so the
+  result of a replay does not depend on how fast or slow this machine is.
+
+Rows in: ``(kind, sym, v, topic, partition, offset, ts_ingest)``; kind ``m`` = market.events
+record, ``a`` = agent.actions record; ``ts_ingest`` (or None) is read by the source query. Rows out: ``(k, v)`` bytes, on the main output (agent.outcomes)
+or the side outputs ``GROUPS`` and ``DEADLETTER``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator, MutableMapping
+
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, TimeDomain
+from pyflink.datastream.functions import TimerService
+from pyflink.datastream.state import MapState, MapStateDescriptor
+
+from schemas.settings import GroupConfig, RewardConfig
+from streams.engine import Emit, SymbolEngine, tick_record
+
+OUT_TYPE = Types.ROW_NAMED(["k", "v"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())])
+GROUPS = OutputTag("learn.groups", OUT_TYPE)
+DEADLETTER = OutputTag("deadletter", OUT_TYPE)
+STATES = ("book", "trades", "index", "pending", "agenda", "closed")
+LIVE_LAG_NS = 1_000_000_000
+_MS = 1_000_000
+
+
+class StateMap(MutableMapping):
+    """A ``MutableMapping`` view of one ``MapState`` (of whatever key is current).
+
+    The engine reads a value, builds a new one and writes it back (it never mutates in place),
+    which is what ``MapState`` needs: values are pickled on ``put``.
+    """
+
+    def __init__(self, state: MapState):
+        self._s = state
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self._s.get(key)
+        if value is None and not self._s.contains(key):
+            raise KeyError(key)
+        return value
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self._s.get(key)  # one round trip instead of contains() + get()
+        return default if value is None else value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._s.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self._s.remove(key)
+
+    def __contains__(self, key: object) -> bool:
+        return self._s.contains(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._s.keys()))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._s.keys())
+
+    def items(self):  # type: ignore[override]
+        return list(self._s.items())
+
+
+class SymbolProcess(KeyedProcessFunction):
+    """Market events and candidates of one symbol -> outcomes, groups, dead letters."""
+
+    def __init__(self, reward: dict, groups: dict, *, bucket_s: float, market_window_s: float,
+                 idle_tick_s: float, source: str = "streams"):
+        # ``source`` as the Faust worker's: the same logical event whichever engine produced it,
+        # so records are identical field for field (ts_ingest aside) and switching is seamless
+        # plain dicts: the function is pickled to the Python workers, settings are rebuilt there
+        self.reward, self.groups = reward, groups
+        self.bucket_s, self.market_window_s, self.idle_tick_s = bucket_s, market_window_s, idle_tick_s
+        self.source = source
+        self.engine: SymbolEngine | None = None
+
+    def open(self, ctx: RuntimeContext) -> None:
+        pickled = Types.PICKLED_BYTE_ARRAY()
+        maps = {name: StateMap(ctx.get_map_state(MapStateDescriptor(name, pickled, pickled))) for name in STATES}
+        self.engine = SymbolEngine(RewardConfig(**self.reward), GroupConfig(**self.groups),
+                                   bucket_s=self.bucket_s, market_window_s=self.market_window_s,
+                                   idle_after_s=self.idle_tick_s, source=self.source, **maps)
+        # derived, in-memory only (rebuilt from the next events after a restart, like the Clock)
+        self._event_timer: dict[str, int] = {}  # sk -> event-time timer set (ms)
+        self._idle_timer: dict[str, int] = {}  # key -> processing-time timer set (ms)
+        self._live: dict[tuple[str, int], bool] = {}  # market (topic, partition) -> processed promptly
+        self.idle_tick_ms = max(1, round(self.idle_tick_s * 1000))
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterable:
+        engine = self.engine
+        wall = time.time_ns()
+        where = {"topic": row[3], "partition": row[4], "offset": row[5]}
+        raw = bytes(row[2]) if row[2] is not None else None
+        try:
+            if row[0] == "m":
+                emits = engine.on_market(raw, wall_ns=wall, **where)
+                if row[6] is not None:  # ts_ingest, extracted by the source query
+                    self._live[(row[3], row[4])] = wall - row[6] < LIVE_LAG_NS
+            else:
+                emits = engine.route_action(raw, **where)
+                if emits and emits[0].topic == "internal":  # a valid action: already on its symbol's key
+                    emits = engine.on_internal(raw, wall_ns=wall, **where)
+        except Exception as e:  # noqa: BLE001 - one bad record must not stop the job (as in Faust)
+            emits = [engine.dead_letter(raw, reason=f"processing failed: {e!r}", kind=type(e).__name__, **where)]
+        yield from self._emit(emits)
+        self._schedule(ctx.timer_service(), ctx.get_current_key(), wall)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
+        engine = self.engine
+        key = ctx.get_current_key()
+        wall = time.time_ns()
+        timers = ctx.timer_service()
+        emits: list[Emit] = []
+        if self._idle_timer.get(key) == timestamp:
+            del self._idle_timer[key]
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:
+            # the watermark passed a window end: tick every state key of this symbol with it.
+            # The fired timer stays in _event_timer, so a window still held back by the wall-clock
+            # grace is not re-armed in the past (that would fire on every watermark); the
+            # processing-time tick closes it once the grace is over.
+            now = timers.current_watermark() * _MS
+            for sk, _entry in engine.agenda.items():
+                emits += engine.on_internal(tick_record(sk, now), topic="timer", wall_ns=wall)
+        else:
+            for _symbol_, sk, now in engine.idle_due(wall, caught_up=self._caught_up):
+                emits += engine.on_internal(tick_record(sk, now), topic="timer", wall_ns=wall)
+        yield from self._emit(emits)
+        self._schedule(timers, key, wall)
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _caught_up(self, tp: tuple[str, int]) -> bool | None:
+        return self._live.get(tuple(tp))
+
+    def _schedule(self, timers: TimerService, key: str, wall: int) -> None:
+        """An event-time timer at each window end; a processing-time tick while work is pending."""
+        pending = False
+        for sk, entry in self.engine.agenda.items():
+            pending = True
+            at = entry["expiry"] // _MS + 1  # fires once the watermark is past the window end
+            if self._event_timer.get(sk) != at:
+                self._event_timer[sk] = at
+                timers.register_event_time_timer(at)
+        if pending and key not in self._idle_timer:
+            at = wall // _MS + self.idle_tick_ms
+            self._idle_timer[key] = at
+            timers.register_processing_time_timer(at)
+
+    def _emit(self, emits: list[Emit]) -> Iterator:
+        for e in emits:
+            row = Row(e.key.encode(), e.value)
+            if e.topic == "agent.outcomes":
+                yield row
+            elif e.topic == "learn.groups":
+                yield GROUPS, row
+            elif e.topic == "deadletter":
+                yield DEADLETTER, row
+            else:  # the engine emits nothing else to us; failing loudly beats a silent drop
+                raise ValueError(f"unexpected output topic {e.topic!r}")
