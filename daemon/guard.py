@@ -3,7 +3,9 @@
 The learner loop hands every closed group (and the block updates it caused) to
 ``CollapseGuard.observe``. Groups are judged in tumbling windows of ``window_groups``; a window
 is *unhealthy* when its action entropy is below the floor, its share of zero-spread groups is
-above the ceiling, or (optionally) the probe set has drifted too far from the bootstrap policy.
+above the ceiling, too few of its candidates parse (a policy that emits garbage is not exploring,
+and the entropy of the few actions left means nothing), or (optionally) the probe set has
+drifted too far from the bootstrap policy.
 After ``consecutive_windows`` (K) unhealthy windows in a row the guard escalates one step:
 
 1. raise the sampling temperature by ``temperature_step``, never past ``temperature_max``;
@@ -71,6 +73,9 @@ class GuardConfig(BaseModel):
     consecutive_windows: int = Field(3, ge=1, description="K: unhealthy windows in a row before each escalation")
     entropy_floor_bits: float = Field(1.0, ge=0, description="parsed-action entropy per window below this is unhealthy")
     zero_spread_ceiling: float = Field(0.6, ge=0, le=1, description="share of no-signal groups above this is unhealthy")
+    valid_share_floor: float = Field(0.5, ge=0, le=1,
+                                     description="share of candidates that parse below this is unhealthy: the entropy "
+                                                 "of a handful of valid actions among garbage means nothing")
     divergence_ceiling: float | None = Field(
         None, ge=0, le=1, description="probe JS divergence (bits) above this is unhealthy; None: measure only")
     temperature_step: float = Field(0.25, gt=0)
@@ -192,6 +197,8 @@ class CollapseGuard:
         c = self.cfg
         if metrics.action_entropy < c.entropy_floor_bits:
             verdict.reasons.append(f"action entropy {metrics.action_entropy:.2f} bits < floor {c.entropy_floor_bits:g}")
+        if metrics.valid_share < c.valid_share_floor:
+            verdict.reasons.append(f"valid share {metrics.valid_share:.2f} < floor {c.valid_share_floor:g}")
         if metrics.zero_spread_share > c.zero_spread_ceiling:
             verdict.reasons.append(f"zero-spread share {metrics.zero_spread_share:.2f} "
                                    f"> ceiling {c.zero_spread_ceiling:g}")

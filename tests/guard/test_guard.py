@@ -100,6 +100,20 @@ def test_escalates_in_order_within_bounds_after_k_windows_then_releases(tmp_path
                                                              "pin_blocks": 1, "release": 1}
 
 
+def test_a_window_of_garbage_is_unhealthy_whatever_its_entropy():
+    policy = ResidentPolicy(small_state())
+    guard = CollapseGuard(config(enabled=False), policy)
+
+    def garbage(version: int) -> GRPOGroup:
+        g = healthy(version)
+        return g.model_copy(update={"completions": ["long 1 h5", "short 1 h5"] + ["#"] * 6})
+
+    feed(guard, garbage, 1)
+    (w,) = guard.windows
+    assert w.metrics.action_entropy == 1.0 and w.metrics.zero_spread_share == 0.0
+    assert w.reasons == ["valid share 0.25 < floor 0.5"]
+
+
 def test_disabled_guard_measures_but_never_acts():
     policy = ResidentPolicy(small_state())
     guard = CollapseGuard(config(enabled=False), policy)
