@@ -9,6 +9,7 @@ KAFKA_JARS := .cache/kafka/libs/.complete
 PYTEST_ARGS ?=
 
 include mk/ops.mk
+include mk/flink.mk
 
 .PHONY: setup run test faults bench clean-data help
 
