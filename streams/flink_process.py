@@ -106,6 +106,7 @@ class SymbolProcess(KeyedProcessFunction):
         self._event_timer: dict[str, int] = {}  # sk -> event-time timer set (ms)
         self._idle_timer: dict[str, int] = {}  # key -> processing-time timer set (ms)
         self._live: dict[tuple[str, int], bool] = {}  # market (topic, partition) -> processed promptly
+        self._seeded: set[str] = set()  # keys whose event-time clock was seeded since open()
         self.idle_tick_ms = max(1, round(self.idle_tick_s * 1000))
 
     # ---- inputs ---------------------------------------------------------------------------
@@ -114,6 +115,7 @@ class SymbolProcess(KeyedProcessFunction):
         wall = time.time_ns()
         where = {"topic": row[3], "partition": row[4], "offset": row[5]}
         raw = bytes(row[2]) if row[2] is not None else None
+        self._seed_clock(ctx.get_current_key(), wall)
         try:
             if row[0] == "m":
                 emits = engine.on_market(raw, wall_ns=wall, **where)
@@ -133,6 +135,7 @@ class SymbolProcess(KeyedProcessFunction):
         key = ctx.get_current_key()
         wall = time.time_ns()
         timers = ctx.timer_service()
+        self._seed_clock(key, wall)
         emits: list[Emit] = []
         if self._idle_timer.get(key) == timestamp:
             del self._idle_timer[key]
@@ -151,6 +154,21 @@ class SymbolProcess(KeyedProcessFunction):
         self._schedule(timers, key, wall)
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _seed_clock(self, key: str, wall: int) -> None:
+        """After a (re)start, start each symbol's event time at its last stored quote.
+
+        The engine's ``Clock`` is in memory. If a candidate came first, ``on_internal`` would
+        seed it with the candidate's t0, and restored candidates whose horizon ends before that
+        t0 would be scored at once, on a book missing the quotes still to be replayed from the
+        checkpoint's offsets. The Faust worker's 0.25 s timer seeds from the last quote
+        (``idle_due``) and usually wins that race; here it is done before the first record.
+        """
+        if key in self._seeded:
+            return
+        self._seeded.add(key)
+        for sk in list(self.engine.index):
+            self.engine.clock.seed(sk, self.engine._last_quote_ts(sk), wall)
+
     def _caught_up(self, tp: tuple[str, int]) -> bool | None:
         return self._live.get(tuple(tp))
 

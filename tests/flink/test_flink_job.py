@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 
@@ -30,6 +31,16 @@ def _topics(settings, bases=OUTPUTS):
     return {b: settings.kafka.topic_prefix + b for b in bases}
 
 
+def _recorded(shared_data, seconds: float, **kw):
+    """Recorded events and candidates, *ingested now*: the Kafka record timestamp is ts_ingest,
+    and records stamped 2024 would be deleted by the 7-day retention within minutes (the broker
+    rolls a segment per batch that old), e.g. while a killed job waits for its restart."""
+    now = time.time_ns()
+    events = market_events(shared_data, seconds=seconds, ingest_ns=now)
+    actions = [a.model_copy(update={"ts_ingest": now}) for a in make_actions(events, **kw)]
+    return events, actions
+
+
 def _close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=0, abs_tol=1e-9) for x, y in zip(a, b))
 
@@ -40,8 +51,7 @@ def test_flink_job_gives_the_faust_workers_groups(kafka_settings, shared_data, t
     sf = _settings(kafka_settings, data_dir=tmp_path / "flink",
                    kafka=kafka_settings.kafka.model_copy(update={"topic_prefix": kafka_settings.kafka.topic_prefix + "flink."}))
     asyncio.run(ensure_topics(sf, partitions=3))
-    events = market_events(shared_data, seconds=40)
-    actions = make_actions(events, drop={(3, 2)})
+    events, actions = _recorded(shared_data, 40, drop={(3, 2)})
     junk = [("market.events", b"\xff\xfenot json"), ("agent.actions", b'{"type": "agent.action"}')]
     asyncio.run(produce(s, [("market.events", e) for e in events] + [("agent.actions", a) for a in actions], raw=junk))
     want_o, want_g = expected(events, actions, s.reward, s.groups)
@@ -89,25 +99,23 @@ def test_flink_job_gives_the_faust_workers_groups(kafka_settings, shared_data, t
 
 def test_restart_from_checkpoint_duplicates_nothing_downstream(kafka_settings, shared_data, tmp_path):
     s = _settings(kafka_settings)
-    events = market_events(shared_data, seconds=60)
-    actions = make_actions(events, every_s=1.0)
+    events, actions = _recorded(shared_data, 120, every_s=1.0)
     want_o, want_g = expected(events, actions, s.reward, s.groups)
-    half = len(events) // 2
-    t_half = events[half].ts_event
-    first = [("market.events", e) for e in events[:half]] + [("agent.actions", a) for a in actions if a.ts_event <= t_half]
-    rest = [("market.events", e) for e in events[half:]] + [("agent.actions", a) for a in actions if a.ts_event > t_half]
+    # everything is in the topics before the job starts, so the kill lands mid-stream: after the
+    # first committed groups, with state, offsets and an open transaction in flight
+    asyncio.run(produce(s, [("market.events", e) for e in events] + [("agent.actions", a) for a in actions]))
     job = FlinkJob(write_config(s, tmp_path / "cfg.yaml"), tmp_path / "checkpoints", "--checkpoint-interval", "2")
     try:
         job.start().wait_submitted()
-        asyncio.run(produce(s, first))
 
         async def committed(n: int):
             async with CommittedCollector(s, _topics(s)) as c:
-                return await c.until(lambda r: len(r["learn.groups"]) >= n, 240, alive=job.alive)
+                ok = await c.until(lambda r: len(r["learn.groups"]) >= n, 240, alive=job.alive)
+                return ok, len(c.records["learn.groups"])
 
-        assert asyncio.run(committed(10)), "no committed groups before the kill\n" + job.tail()
-        job.kill9()  # mid-stream: open transactions and state since the last checkpoint are lost
-        asyncio.run(produce(s, rest))
+        ok, before = asyncio.run(committed(1))
+        assert ok, "no committed groups before the kill\n" + job.tail()
+        job.kill9()
         job.start("--restore", "latest").wait_submitted()
         assert any("restoring from" in line for line in job.lines), job.tail()
 
@@ -122,7 +130,9 @@ def test_restart_from_checkpoint_duplicates_nothing_downstream(kafka_settings, s
     finally:
         job.stop()
     groups = records["learn.groups"]
-    print(f"groups read_committed: {len(groups)} raw, {len({g.event_id for g in groups})} distinct, {len(want_g)} expected")
+    print(f"groups read_committed: {before} before the kill; after the restart {len(groups)} raw, "
+          f"{len({g.event_id for g in groups})} distinct, {len(want_g)} expected")
+    assert before < len(want_g), "the job had finished before the kill: nothing was in flight"
     assert sorted(g.group_id for g in groups) == sorted(want_g)  # raw records: none missing, none twice
     for g in groups:
         assert comparable(g) == comparable(want_g[g.group_id]), g.group_id
