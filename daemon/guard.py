@@ -31,16 +31,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field
 
 from daemon.logging import get_logger
 from daemon.snapshots import list_snapshots, read_snapshot_info
 from learners.diversity import (GroupDiversity, WindowDiversity, entropy_bits, group_diversity, js_divergence,
                                 probe_distribution, probe_keys, probe_prompts, update_ratio, window_diversity)
 from schemas import BlockUpdate, GRPOGroup, GuardAction, deterministic_event_id
+from schemas.settings import GuardSettings
 
 log = get_logger("guard")
 
@@ -63,34 +63,9 @@ UPDATE_RATIO = Gauge("eigenloop_block_update_ratio", "Last update norm relative 
 REGULARISER_ATTR = {"kl_bootstrap": "kl_bootstrap_coef", "entropy": "entropy_coef"}
 
 
-class GuardConfig(BaseModel):
-    """Settings of the collapse guard (to move to ``Settings.guard`` as-is)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="act; when false the guard only measures and exports metrics")
-    window_groups: int = Field(32, ge=1, description="closed groups per judged window")
-    consecutive_windows: int = Field(3, ge=1, description="K: unhealthy windows in a row before each escalation")
-    entropy_floor_bits: float = Field(1.0, ge=0, description="parsed-action entropy per window below this is unhealthy")
-    zero_spread_ceiling: float = Field(0.6, ge=0, le=1, description="share of no-signal groups above this is unhealthy")
-    valid_share_floor: float = Field(0.5, ge=0, le=1,
-                                     description="share of candidates that parse below this is unhealthy: the entropy "
-                                                 "of a handful of valid actions among garbage means nothing")
-    divergence_ceiling: float | None = Field(
-        None, ge=0, le=1, description="probe JS divergence (bits) above this is unhealthy; None: measure only")
-    temperature_step: float = Field(0.25, gt=0)
-    temperature_max: float = Field(1.5, gt=0)
-    regulariser: Literal["kl_bootstrap", "entropy"] = "kl_bootstrap"
-    regulariser_coef: float = Field(1.0, gt=0)
-    pin: bool = Field(True, description="allow the per-block rollback to the last healthy snapshot")
-    pin_share: float = Field(0.5, gt=0, le=1,
-                             description="pin blocks whose drift since that snapshot is >= this share of the largest")
-    release_windows: int = Field(6, ge=1, description="healthy windows in a row before the guard releases")
-    probe_prompts: int = Field(8, ge=1)
-    probe_samples: int = Field(8, ge=1)
-    probe_seed: int = 1234
-    probe_every_windows: int = Field(2, ge=0, description="0: never probe")
-    drift_history: int = Field(20_000, ge=1, description="block updates remembered for choosing what to pin")
+# The guard's settings live in the one settings model (``Settings.guard``); the guard takes them
+# as they are.
+GuardConfig = GuardSettings
 
 
 @dataclass

@@ -24,6 +24,7 @@ from daemon import metrics, snapshots
 from daemon.eventlog import DeadLetterer, EventProducer
 from daemon.eventlog.connection import client_kwargs, topic
 from daemon.eventlog.reader import decode_or_none
+from daemon.guard import CollapseGuard
 from daemon.learning import RECENT_GROUPS, Ewma, RecentIds, coalesce, plan_batches
 from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
@@ -60,6 +61,8 @@ class LearnerLoop:
         self.refresh_checksums()
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
+        self.guard = CollapseGuard(settings.guard, policy, snapshot_root)
+        self._guard_dirty = False
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
         # one holder at a time of "the model and the offset agree": applying a poll's groups and
@@ -171,6 +174,10 @@ class LearnerLoop:
         for batch in batches:
             await self.apply(batch)
             self.next_offset = max(self.next_offset, offset_of[id(batch[-1])] + 1)
+            if self._guard_dirty:
+                self._guard_dirty = False
+                await asyncio.to_thread(self.refresh_checksums)
+                await self._snapshot()
         self.next_offset = last_offset + 1
 
     async def apply(self, batch: list[GRPOGroup]) -> None:
@@ -196,6 +203,13 @@ class LearnerLoop:
         for g in batch:
             if g.rewards:
                 metrics.REWARD_EWMA.set(self.reward.update(sum(g.rewards) / len(g.rewards)))
+        # the guard sees every group, skipped ones too (zero spread is one of its signals); its
+        # probe samples the model, so it runs off the event loop
+        for action in await asyncio.to_thread(self.guard.observe, batch, updates):
+            await self.send("learn.guard", action)
+            # anything but a temperature change alters the weights or the objective: snapshot
+            # right after it, so replays start past the intervention
+            self._guard_dirty |= action.action != "raise_temperature"
         metrics.POLICY_VERSION.set(self.policy.policy_version)
 
     async def maybe_snapshot(self) -> Path | None:
@@ -231,6 +245,8 @@ class LearnerLoop:
         self.refresh_checksums()
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
+        self.guard = CollapseGuard(settings.guard, policy, snapshot_root)
+        self._guard_dirty = False
         metrics.SNAPSHOTS.inc()
         log.info("snapshot written", path=str(path), policy_version=marker.policy_version, offset=self.next_offset)
         return path

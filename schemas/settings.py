@@ -148,6 +148,34 @@ class AnalyticsSettings(_Section):
         return v
 
 
+class GuardSettings(_Section):
+    """The collapse guard (``daemon/guard.py``): windows, floors and ceilings, escalation."""
+
+    enabled: bool = Field(True, description="act; when false the guard only measures and exports metrics")
+    window_groups: int = Field(32, ge=1, description="closed groups per judged window")
+    consecutive_windows: int = Field(3, ge=1, description="K: unhealthy windows in a row before each escalation")
+    entropy_floor_bits: float = Field(1.0, ge=0, description="parsed-action entropy per window below this is unhealthy")
+    zero_spread_ceiling: float = Field(0.6, ge=0, le=1, description="share of no-signal groups above this is unhealthy")
+    valid_share_floor: float = Field(0.5, ge=0, le=1,
+                                     description="share of candidates that parse below this is unhealthy: the entropy "
+                                                 "of a handful of valid actions among garbage means nothing")
+    divergence_ceiling: float | None = Field(
+        None, ge=0, le=1, description="probe JS divergence (bits) above this is unhealthy; None: measure only")
+    temperature_step: float = Field(0.25, gt=0)
+    temperature_max: float = Field(1.5, gt=0)
+    regulariser: Literal["kl_bootstrap", "entropy"] = "kl_bootstrap"
+    regulariser_coef: float = Field(1.0, gt=0)
+    pin: bool = Field(True, description="allow the per-block rollback to the last healthy snapshot")
+    pin_share: float = Field(0.5, gt=0, le=1,
+                             description="pin blocks whose drift since that snapshot is >= this share of the largest")
+    release_windows: int = Field(6, ge=1, description="healthy windows in a row before the guard releases")
+    probe_prompts: int = Field(8, ge=1)
+    probe_samples: int = Field(8, ge=1)
+    probe_seed: int = 1234
+    probe_every_windows: int = Field(2, ge=0, description="0: never probe")
+    drift_history: int = Field(20_000, ge=1, description="block updates remembered for choosing what to pin")
+
+
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
@@ -173,6 +201,7 @@ class Settings(BaseSettings):
     learner: LearnerSettings = LearnerSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     http: HttpSettings = HttpSettings()
+    guard: GuardSettings = GuardSettings()
 
     _yaml_file: str | None = None
 

@@ -33,7 +33,8 @@ from daemon.eventlog.connection import client_kwargs, topic
 from daemon.learner_loop import model_checksum
 from daemon.supervisor import Child, Supervisor, child_env
 from schemas import Action, DeadLetter, GRPOGroup, SnapshotMarker
-from schemas.settings import ActorSettings, GroupConfig, HttpSettings, KafkaSettings, LearnerSettings, Settings
+from schemas.settings import (ActorSettings, GroupConfig, GuardSettings, HttpSettings, KafkaSettings, LearnerSettings,
+                              Settings)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from harness import TINY_LEARNER, clean_replay, daemon_status, install_snapshot, write_config  # noqa: E402
@@ -107,7 +108,8 @@ async def run_chaos(work: Path, shared_data: Path, initial_snapshot: Path, *, ki
     s = Settings(data_dir=work / "data", kafka=KafkaSettings(bootstrap=info.bootstrap, topic_prefix="chaos."),
                  learner=LearnerSettings(config=TINY_LEARNER, snapshot_every_updates=4, device="cpu"),
                  http=HttpSettings(port=port), groups=GroupConfig(group_size=4, grace_s=1.0),
-                 actor=ActorSettings(cadence_s=2.0, horizon_s=5.0), sources=cluster.sources_settings())
+                 actor=ActorSettings(cadence_s=2.0, horizon_s=5.0), sources=cluster.sources_settings(),
+                 guard=GuardSettings(enabled=False))  # measured only: the checksum must replay
     s.analytics.dsn = f"chdb://{work / 'chdb'}"
     await ensure_topics(s, partitions=3)
     install_snapshot(initial_snapshot, s.data_dir)
