@@ -344,10 +344,43 @@ def test_dashboard_queries_tables_the_migrations_create():
     assert all(p["datasource"]["uid"] == "clickhouse-eigenloop" for p in dash["panels"])
 
 
-def test_flink_values_refused_until_the_template_lands():
-    # Issue 8 replaces this with assertions on the FlinkDeployment (and no Faust Deployment).
-    with pytest.raises(Exception, match="FlinkDeployment template is not in this chart yet"):
-        render_files("flink-values.yaml")
+def test_flink_values_render_a_flink_deployment_instead_of_the_worker():
+    import kubernetes_validate
+
+    report = lint(load_values("flink-values.yaml"))
+    assert not [m for m in report["messages"] if m["severity"] >= 2] and not report["errors"], report
+    r = render_files("flink-values.yaml")
+    names = {(d["kind"], d["metadata"]["name"]) for d in r.all()}
+    assert ("Deployment", "eigenloop-streams") not in names  # the Faust worker is replaced
+    assert {p["metadata"]["name"] for p in r.kind("PodDisruptionBudget")} == {"eigenloop-daemon", "eigenloop-sink"}
+    fd = r.get("FlinkDeployment", "eigenloop-streams")
+    assert fd["apiVersion"] == "flink.apache.org/v1beta1"
+    spec = fd["spec"]
+    assert spec["image"] == "registry.example.com/eigenloop/eigenloop-flink:0.1.0" and spec["flinkVersion"] == "v2_2"
+    conf = spec["flinkConfiguration"]
+    assert conf["execution.checkpointing.dir"] == "s3://eigenloop-flink/checkpoints"
+    assert conf["execution.checkpointing.mode"] == "EXACTLY_ONCE" and conf["execution.checkpointing.interval"] == "10s"
+    assert all(isinstance(v, str) for v in conf.values()), "flinkConfiguration values must be strings"
+    job = spec["job"]
+    assert job["entryClass"] == "org.apache.flink.client.python.PythonDriver" and job["parallelism"] == 4
+    assert job["args"][job["args"].index("-pym") + 1] == "streams.flink_job" and "--managed" in job["args"]
+    assert job["upgradeMode"] == "last-state" and job["state"] == "running"
+    # the job reads the same settings file as every other component
+    main = spec["podTemplate"]["spec"]["containers"][0]
+    assert main["name"] == "flink-main-container"
+    assert {"name": "EIGENLOOP_CONFIG", "value": "/etc/eigenloop/config.yaml"} in main["env"]
+    assert spec["podTemplate"]["spec"]["volumes"][0]["configMap"]["name"] == "eigenloop"
+    # and the pod template is a valid Pod spec, without the release's (deny-all) NetworkPolicy labels
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "t", **spec["podTemplate"]["metadata"]},
+           "spec": {**spec["podTemplate"]["spec"], "containers": [{**main, "image": spec["image"]}]}}
+    kubernetes_validate.validate(pod, KUBE_VERSIONS[-1], strict=True)
+    assert spec["podTemplate"]["metadata"]["labels"]["app.kubernetes.io/name"] != "eigenloop"
+
+
+@pytest.mark.parametrize("missing,message", [("image", "needs flink.image"), ("checkpointDir", "needs flink.checkpointDir")])
+def test_flink_needs_an_image_and_a_checkpoint_location(missing, message):
+    with pytest.raises(Exception, match=message):
+        render_values(load_values("flink-values.yaml", overrides={"flink": {missing: ""}}))
 
 
 def test_chart_files_present():

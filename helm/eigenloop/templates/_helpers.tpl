@@ -240,8 +240,11 @@ The runbook URL of an alert. Call with (dict "ctx" $ "alert" "EigenloopConsumerL
 Values checks that a schema cannot express.
 */}}
 {{- define "eigenloop.validate" -}}
-{{- if .Values.flink.enabled }}
-{{- fail "flink.enabled=true: the FlinkDeployment template is not in this chart yet (issue 8); keep flink.enabled=false to run the Faust worker" }}
+{{- if and .Values.flink.enabled (not .Values.flink.image) }}
+{{- fail "flink.enabled=true needs flink.image: a Flink 2.2 image with PyFlink 2.2.1, eigenloop and the Kafka connector jar" }}
+{{- end }}
+{{- if and .Values.flink.enabled (not .Values.flink.checkpointDir) }}
+{{- fail "flink.enabled=true needs flink.checkpointDir: a URI every Flink pod can reach (s3://..., hdfs://...), where exactly-once output is committed from" }}
 {{- end }}
 {{- $partitions := int (include "eigenloop.inputPartitions" .) }}
 {{- if gt (int .Values.streams.replicas) $partitions }}
