@@ -235,18 +235,8 @@ class LearnerLoop:
                                 step=info["step"], offsets=offsets, checksum=self.checksum(),
                                 key=path.name, source="learner")
         await self.producer.send_and_wait("learn.snapshots", marker)
-        # The streams worker delivers at least once: a group it re-emits after a restart carries
-        # the same group_id (and event_id). Each group is learned from once; the recent ids
-        # travel in the snapshot so a restarted learner still recognises them.
-        self.recent = RecentIds(RECENT_GROUPS, recent_groups or ())
-        self.duplicates = 0
-        # per-block checksums as of the last update, so status pages never take the model's lock
-        self.block_checksums: dict[int, str] = {}
-        self.refresh_checksums()
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
-        self.guard = CollapseGuard(settings.guard, policy, snapshot_root)
-        self._guard_dirty = False
         metrics.SNAPSHOTS.inc()
         log.info("snapshot written", path=str(path), policy_version=marker.policy_version, offset=self.next_offset)
         return path
