@@ -80,6 +80,8 @@ class Daemon:
         else:
             self.executor = PaperExecutor(settings.executor, self.kill)
         self.events_in = 0
+        self.market_first_ns = 0
+        self.market_last_ns = 0
         self.dead_letters = 0
         self.started_at = time.time()
         self._broker_ok_at = 0.0
@@ -199,6 +201,9 @@ class Daemon:
     async def on_market(self, ev: Event) -> None:
         await self._send("market.events", ev, key=getattr(ev, "symbol", ev.key))
         self.events_in += 1
+        if isinstance(ev, MarketTrade):
+            self.market_first_ns = self.market_first_ns or ev.ts_event
+            self.market_last_ns = max(self.market_last_ns, ev.ts_event)
         metrics.EVENTS_IN.labels(ev.type).inc()
         if isinstance(ev, (BookTicker, MarketTrade)):
             self.context.observe(ev)
@@ -263,7 +268,8 @@ class Daemon:
                 "reward_ewma": None if self.learner.reward.value is None else round(self.learner.reward.value, 4),
                 "group_to_weights_p50_s": p(0.5), "group_to_weights_p99_s": p(0.99),
                 "dead_letters": self.dead_letters, "checksum": self.learner.checksum()[:12],
-                "learn_offset": self.learner.next_offset, "learn_lag": self.learner.lag()}
+                "learn_offset": self.learner.next_offset, "learn_lag": self.learner.lag(),
+                "market_span_s": round((self.market_last_ns - self.market_first_ns) / 1e9, 1)}
 
     async def _status_loop(self) -> None:
         while True:

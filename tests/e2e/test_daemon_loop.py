@@ -59,7 +59,8 @@ def test_replay_through_the_whole_loop(kafka_settings, tmp_path, shared_data, ti
         _, worker, daemon = _start_pipeline(s, tmp_path, tiny_initial_snapshot)
         try:
             port = http_port(daemon)
-            wait_status(port, lambda st: st["groups"] >= 20 and st["policy_version"] > 0, 420, daemon)
+            wait_status(port, lambda st: st["groups"] >= 20 and st["policy_version"] > 0
+                        and st["market_span_s"] >= 125, 600, daemon)
             assert daemon.stop() == 0, "".join(daemon.lines[-40:])
         finally:
             daemon.stop()
