@@ -75,6 +75,17 @@ def _scrub_rendered(logger: Any, method: str, rendered: str) -> str:
     return _scrub(rendered)
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing, not when logging was set up:
+    a CLI invoked in-process (tests, CliRunner) swaps stderr for a buffer it closes afterwards."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None,
                       extra_processors: Iterable[Any] = ()) -> None:
     """Configure structlog (and the stdlib root logger) once; later calls reconfigure."""
@@ -93,10 +104,10 @@ def configure_logging(level: str = "info", fmt: str = "json", stream: Any = None
             _scrub_rendered,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream or _CurrentStderr())
     handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
