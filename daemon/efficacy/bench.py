@@ -35,6 +35,8 @@ def ensure_bootstrap(cfg: EfficacyConfig, out_dir: Path, log: Log = _quiet) -> t
     from learners.core import LearnerConfig
     from learners.snapshot import is_snapshot, read_snapshot_info, save_snapshot
 
+    from daemon.efficacy.prior import pairs_for, parse_prompts
+
     root = cfg.cache_dir if cfg.cache_dir is not None else out_dir
     path = Path(root) / f"bootstrap-{cfg.bootstrap_key()}"
     if is_snapshot(path):
@@ -43,7 +45,8 @@ def ensure_bootstrap(cfg: EfficacyConfig, out_dir: Path, log: Log = _quiet) -> t
     log(f"bootstrap: {cfg.bootstrap_steps} grammar steps (cached afterwards at {path})")
     t = time.perf_counter()
     state, info = bootstrapped_state(LearnerConfig(**cfg.learner_dict()), steps=cfg.bootstrap_steps,
-                                     progress=False)
+                                     progress=False, pairs_fn=pairs_for(cfg.bootstrap_actions),
+                                     parse_prompts=parse_prompts())
     info = {**info, "bootstrap_s": round(time.perf_counter() - t, 1)}
     save_snapshot(state, path, info)
     return path, read_snapshot_info(path)["metadata"]
@@ -61,8 +64,10 @@ def initial_state(cfg: EfficacyConfig, weights: Path):
     return state
 
 
-def run_fee(cfg: EfficacyConfig, fee_bps: float, weights: Path, log: Log = _quiet) -> dict[str, Any]:
-    """One learner through every phase at one fee setting; returns its decision records."""
+def run_fee(cfg: EfficacyConfig, fee_bps: float, weights: Path, log: Log = _quiet,
+            records_path: Path | None = None) -> dict[str, Any]:
+    """One learner through every phase at one fee setting; returns its decision records (and
+    appends each to ``records_path`` as it closes, when given)."""
     import torch
 
     from daemon.policy import ResidentPolicy
@@ -75,11 +80,19 @@ def run_fee(cfg: EfficacyConfig, fee_bps: float, weights: Path, log: Log = _quie
     events = {c.name: load(c) for c in caps}
     load_s = time.perf_counter() - t_start
     reward = RewardConfig(latency_ms=cfg.latency_ms, fee_bps=fee_bps, slippage_model="none", kind=cfg.reward_kind)
-    groups = GroupConfig(group_size=cfg.group_size)
+    groups = GroupConfig(group_size=cfg.group_size, scale_rewards=cfg.scale_rewards)
     actor = ActorSettings(cadence_s=cfg.cadence_s, horizon_s=cfg.horizon_s, choose=cfg.choose,
                           temperature=cfg.temperature)
     policy = ResidentPolicy(initial_state(cfg, weights))
-    driver = LoopDriver(policy, reward, groups, actor, seed=cfg.seed)
+    sink_fh = open(records_path, "w") if records_path is not None else None
+
+    def sink(record: dict[str, Any]) -> None:
+        if sink_fh is not None:
+            sink_fh.write(json.dumps(record) + "\n")
+            sink_fh.flush()
+
+    driver = LoopDriver(policy, reward, groups, actor, seed=cfg.seed,
+                        log=lambda m: log(f"fee {fee_bps:g}: {m}"), sink=sink, probe_every=cfg.probe_every)
     train = [c for c in caps if not c.held_out]
     held = [c for c in caps if c.held_out]
     phases = [(f"train{e + 1}", train) for e in range(cfg.epochs if train else 0)]
@@ -100,20 +113,28 @@ def run_fee(cfg: EfficacyConfig, fee_bps: float, weights: Path, log: Log = _quie
                            "seconds": round(time.perf_counter() - t, 1)})
         log(f"fee {fee_bps:g}: {name} {len(recs)} decisions, policy_version {v0} -> {policy.policy_version}, "
             f"{phase_info[-1]['seconds']} s")
+    if sink_fh is not None:
+        sink_fh.close()
     return {
         "fee_bps": fee_bps, "records": records, "phases": phase_info,
         "captures": [{"name": c.name, "market": c.market, "exchange": c.exchange, "symbol": c.symbol,
                       "held_out": c.held_out, "first_ns": c.first_ns, "last_ns": c.last_ns} for c in caps],
         "timing": {"load_s": round(load_s, 1), "sample_s": round(driver.sample_s, 1),
                    "learn_s": round(driver.step_s, 1), "total_s": round(time.perf_counter() - t_start, 1)},
+        "probes": driver.probes,
         "unclosed_groups": driver.unclosed, "final_policy_version": policy.policy_version,
         "skipped_groups": policy.state.skipped_groups,
     }
 
 
+def _records_path(out_dir: Path, fee: float) -> Path:
+    return out_dir / f"decisions-fee{fee:g}.jsonl"
+
+
 def _run_fee_job(args: tuple) -> dict[str, Any]:
-    cfg, fee, weights = args
-    return run_fee(cfg, fee, weights, log=print)
+    cfg, fee, weights, out_dir = args
+    return run_fee(cfg, fee, weights, log=lambda m: print(f"[efficacy] {m}", flush=True),
+                   records_path=_records_path(out_dir, fee))
 
 
 def run_efficacy(cfg: EfficacyConfig, out_dir: Path, log: Log = _quiet) -> dict[str, Any]:
@@ -132,20 +153,16 @@ def run_efficacy(cfg: EfficacyConfig, out_dir: Path, log: Log = _quiet) -> dict[
     if jobs > 1:
         # spawn, not fork: the parent has torch's thread pools up after the bootstrap
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            runs = list(pool.map(_run_fee_job, [(cfg, f, weights) for f in cfg.fees_bps]))
+            runs = list(pool.map(_run_fee_job, [(cfg, f, weights, out_dir) for f in cfg.fees_bps]))
     else:
-        runs = [run_fee(cfg, f, weights, log) for f in cfg.fees_bps]
-    for run in runs:
-        with open(out_dir / f"decisions-fee{run['fee_bps']:g}.jsonl", "w") as fh:
-            for r in run["records"]:
-                fh.write(json.dumps(r) + "\n")
+        runs = [run_fee(cfg, f, weights, log, _records_path(out_dir, f)) for f in cfg.fees_bps]
     summary = summarise(cfg, runs)
     summary["bootstrap"] = {"path": str(weights), **boot}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     summary["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "processor": platform.processor() or platform.machine(), "python": platform.python_version()}
     summary["outputs"] = {"png": str(out_dir / "learning_curve.png"), "json": str(out_dir / "summary.json"),
-                          "decisions": [str(out_dir / f"decisions-fee{r['fee_bps']:g}.jsonl") for r in runs]}
+                          "decisions": [str(_records_path(out_dir, r["fee_bps"])) for r in runs]}
     write_curve(runs, summary, out_dir / "learning_curve.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out_dir / "summary.md").write_text(render_markdown(summary))

@@ -13,18 +13,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from daemon.efficacy.prior import DEFAULT_ACTIONS
+
 DEFAULT_CAPTURES = Path("../shared/data/exchange_binance")
+PRIOR_VERSION = 1  # bump when daemon.efficacy.prior changes the bootstrap text
 
 # The resident model the benchmark learns with. Smaller than ``LearnerConfig()``'s default
-# (3 blocks x 2 layers x 128): the full run must fit a few minutes on a 2-core CPU, and one
-# decision (sample G, then one block-local step) costs ~12x less at this size.
-# gen_len 20 holds the longest action the grammar emits ("short 0.25 h300 s100").
-# Sampling: one token per step (sample_steps = gen_len) in random order inside a 4-token window;
-# with fewer steps several characters of one word are drawn independently ("flng 0 h30") and
-# most candidates fail to parse; "low_confidence" order makes nearly every candidate "long".
+# (3 blocks x 2 layers x 128): the full run must fit minutes on a 2-core CPU shared with others.
+# sample_steps = gen_len with reveal_window 1: one token per step, left to right. With several
+# per step the characters of one word are drawn independently ("flng 0 h30", "soort") and
+# candidates stop parsing; with a wider window the most confident position goes first, which
+# all but removed "flat" from the samples (1 in 96 against 22 in 96).
+# kl_bootstrap_coef (KL to the bootstrap, whose sides are uniform): the regulariser the collapse
+# guard switches on, on from the start. Without it (lr 1e-3) the policy left the grammar within
+# ~40 groups; at 0.3 (lr 5e-4) it still collapsed, at 0 fees onto "short" everywhere (a falling
+# market rewards short whatever the prompt) and at 4.5 bps onto "flat 0 h5t" (invalid, and
+# then every group has zero spread, so nothing corrects it).
 DEFAULT_LEARNER: dict[str, Any] = {
     "model": {"n_blocks": 2, "n_layer": 2, "n_embd": 64, "n_head": 2},
-    "gen_len": 20, "sample_steps": 20, "remasking": "random", "reveal_window": 4, "mc_draws": 1,
+    "gen_len": 12, "sample_steps": 12, "reveal_window": 1, "mc_draws": 1, "kl_bootstrap_coef": 1.0,
     "device": "cpu",
 }
 
@@ -37,7 +44,7 @@ class EfficacyConfig:
         captures (`Path`): folder with ``spot/``, ``usdm_futures/``, ``coinm_futures/`` gz captures.
         holdout (`list[str]`): glob patterns (file names) kept out of training and of all tuning;
             reported separately. Default: the ``*_20240809`` files, i.e. the 5 minutes that follow
-            the training window, on four of the six symbols (time and venue held out together).
+            the training window, on four of the six symbols (the time after training is held out).
         include (`list[str]`): glob patterns of the files used at all (default: every ``*.gz``).
         max_decisions (`int | None`): stop each phase after this many decisions (quick runs).
         reference_capture (`str`): the file whose baselines are checked against issue 10's values.
@@ -47,12 +54,20 @@ class EfficacyConfig:
         epochs (`int`): passes of the learner over the training captures before the held-out ones;
             it keeps learning throughout, held-out phase included (continuous learning).
         group_size (`int`): G candidates per decision. cadence_s / horizon_s: the actor's.
-        temperature (`float`): sampling temperature. choose: which candidate the actor executes.
+        temperature (`float`): sampling temperature.
+        choose (`"sample" | "argmax"`): which candidate the actor executes. "argmax" (the most
+            frequent valid side and size): every candidate is scored on paper whatever runs, so
+            exploring costs nothing and the executed trade can be the policy's best guess.
         reward_kind (`"pnl" | "risk_adjusted"`): what the learner is rewarded with. The reported
             bps always come from the same fill scored as ``pnl``.
+        scale_rewards: ``GroupConfig.scale_rewards`` (TRL semantics; "group" is the live default).
         lr (`float`): learner learning rate; learner (`dict`): the rest of ``LearnerConfig``.
         bootstrap_steps (`int`): grammar pretraining before the first decision (cached on disk).
+        bootstrap_actions (`list[str]`): the vocabulary of that pretraining, sides uniformly at
+            random (``daemon.efficacy.prior``); the grammar and parser stay the full ones.
         seed (`int`): actor sampling, learner init and the random baseline.
+        probe_every (`int`): every this many decisions, sample fixed prompts that differ only in
+            imbalance and record the side shares (a diagnostic; 0 turns it off).
     """
 
     captures: Path = DEFAULT_CAPTURES
@@ -66,13 +81,16 @@ class EfficacyConfig:
     cadence_s: float = 2.0
     horizon_s: float = 5.0
     latency_ms: float = 100.0
-    temperature: float = 0.8
-    choose: Literal["sample", "argmax"] = "sample"
+    temperature: float = 1.0
+    choose: Literal["sample", "argmax"] = "argmax"
     reward_kind: Literal["pnl", "risk_adjusted"] = "pnl"
-    lr: float = 1e-3
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    lr: float = 3e-4
     learner: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_LEARNER)))
-    bootstrap_steps: int = 1000
+    bootstrap_steps: int = 400
+    bootstrap_actions: list[str] = field(default_factory=lambda: list(DEFAULT_ACTIONS))
     seed: int = 0
+    probe_every: int = 100
     jobs: int = 1
     cache_dir: Path | None = Path(".eigenloop/efficacy-cache")
 
@@ -95,7 +113,8 @@ class EfficacyConfig:
     def bootstrap_key(self) -> str:
         """Cache key of the bootstrapped weights: only what shapes them (not lr, temperature)."""
         shape = {k: self.learner.get(k) for k in ("model", "gen_len")}
-        blob = json.dumps({"learner": shape, "steps": self.bootstrap_steps, "seed": self.seed}, sort_keys=True)
+        blob = json.dumps({"learner": shape, "steps": self.bootstrap_steps, "seed": self.seed,
+                           "actions": self.bootstrap_actions, "prior": PRIOR_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict[str, Any]:

@@ -24,14 +24,36 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from daemon.actor import Actor, Decision
+import random
+
+from daemon.actor import Actor, Decision, choose_candidate
 from daemon.context import ContextWindow
 from daemon.efficacy.baselines import baseline_rewards, random_side, side_fills
 from daemon.policy import ResidentPolicy
+from learners.grammar import format_market_prompt, parse_action
 from schemas import Action
 from schemas.settings import ActorSettings, GroupConfig, RewardConfig
 from streams.grouping import close_group, window_end_ns
 from streams.rewards import BookPath, horizon_end_ns, paper_fill, score_action, to_outcome
+
+
+PROBE_IMBALANCES = (-0.8, 0.0, 0.8)
+PROBE_SAMPLES = 16
+
+
+def probe(policy: ResidentPolicy) -> dict[str, Any]:
+    """Side shares the policy samples for fixed prompts that differ only in imbalance.
+
+    A diagnostic, not an input: it shows whether the policy's answer depends on the imbalance
+    (long share rising with it) or on nothing (a side it prefers everywhere)."""
+    out: dict[str, Any] = {"policy_version": policy.policy_version}
+    for im in PROBE_IMBALANCES:
+        prompt = format_market_prompt("BTCUSDT", {"ret_1s": 0.0, "ret_10s": 0.0, "ret_60s": 0.0, "spread_bps": 0.0162,
+                                                  "imbalance": im, "volume": 5e5})
+        texts, _ = policy.sample_sync(prompt, PROBE_SAMPLES, seed=12345)
+        sides = [getattr(parse_action(t, "market"), "side", "invalid") for t in texts]
+        out[f"im={im:+.1f}"] = {s: sides.count(s) / len(sides) for s in ("long", "short", "flat", "invalid")}
+    return out
 
 
 async def _discard(topic: str, event: object) -> None:
@@ -49,7 +71,7 @@ class LoopDriver:
     """One learner, one fee setting; phases (training passes, held-out) run one after another."""
 
     def __init__(self, policy: ResidentPolicy, reward: RewardConfig, groups: GroupConfig, actor: ActorSettings,
-                 *, seed: int):
+                 *, seed: int, log=None, log_every: int = 250, sink=None, probe_every: int = 0):
         self.policy = policy
         self.reward = reward
         # the reported bps: the same fill as the learner's reward, scored as size * pnl_bps
@@ -61,6 +83,12 @@ class LoopDriver:
         self.unclosed = 0
         self.sample_s = 0.0
         self.step_s = 0.0
+        self.log = log
+        self.log_every = log_every
+        self.sink = sink  # called with every record as it closes (a run can be watched as it goes)
+        self.probe_every = probe_every
+        self.probes: list[dict[str, Any]] = []
+        self.closed = 0
 
     async def run_phase(self, phase: str, events: Iterable, books: dict[str, BookPath], capture_of,
                         max_decisions: int | None = None) -> list[dict[str, Any]]:
@@ -75,6 +103,8 @@ class LoopDriver:
                       seed=self.seed + self.decisions)
         pending: dict[str, list[_Open]] = {}
         records: list[dict[str, Any]] = []
+        if self.probe_every and not self.probes:
+            self.probes.append({"closed": 0, "phase": phase, **probe(self.policy)})  # the bootstrap's answer
         taken = 0
         for ev in events:
             context.observe(ev)
@@ -84,6 +114,21 @@ class LoopDriver:
                 for o in [o for o in opens if o.all_in_ns < ev.ts_event]:
                     opens.remove(o)
                     records.append(self._close(phase, o, books[sym], capture_of))
+                    if self.sink:
+                        self.sink(records[-1])
+                    self.closed += 1
+                    if self.probe_every and self.closed % self.probe_every == 0:
+                        self.probes.append({"closed": self.closed, "phase": phase, **probe(self.policy)})
+                        if self.log:
+                            p = self.probes[-1]
+                            self.log(f"probe v{p['policy_version']}: " + " ".join(
+                                f"{k} L{v['long']:.2f}/S{v['short']:.2f}/F{v['flat']:.2f}"
+                                for k, v in p.items() if k.startswith("im=")))
+                    if self.log and len(records) % self.log_every == 0:
+                        last = records[-self.log_every:]
+                        self.log(f"{phase}: {len(records)} closed, policy_version {self.policy.policy_version}, "
+                                 f"last {self.log_every}: learned {sum(r['learned'] for r in last) / len(last):+.2f} "
+                                 f"bps, trades {sum(r['executed_side'] in ('long', 'short') for r in last)}")
             if max_decisions is not None and taken >= max_decisions:
                 if not any(pending.values()):
                     break
@@ -118,6 +163,9 @@ class LoopDriver:
         else:
             bps = [score_action(a, self.pnl, book).reward for a in actions]
         chosen = next(a for a in actions if a.executed)
+        # the other execution rule the actor offers, scored on the same candidates: which one is
+        # executed changes no reward and no update, only this figure
+        modal = choose_candidate(actions, "argmax", random.Random(0))
         spec = chosen.parsed
         if spec is None:
             unit = self.pnl.min_reward  # nothing valid was sampled: scored as the learner scores it
@@ -137,6 +185,7 @@ class LoopDriver:
             "rewards": list(group.rewards), "advantages": list(group.advantages), "status": group.status,
             "bps": bps, "executed": chosen.candidate_index, "executed_side": sides[chosen.candidate_index],
             "learned": bps[chosen.candidate_index], "learned_unit": unit, "group_mean": sum(bps) / len(bps),
+            "learned_modal": bps[modal.candidate_index],
             "updated_blocks": len(updates), "fills": fills, "random_pick": pick,
             **baseline_rewards(fills, imbalance, pick),
         }

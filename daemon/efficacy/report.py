@@ -5,6 +5,8 @@ Rows (mean bps per decision +- standard error over the same decisions):
 - ``learned``: the candidate the actor executed, scored as the learner scores it (size x pnl bps);
 - ``learned_unit``: that candidate's side at size 1 (same fill, same stop): comparable with the
   baselines, which all trade the whole notional;
+- ``learned_modal``: the candidate the actor's other rule (``choose="argmax"``: the most frequent
+  side and size among the valid candidates) would have executed; same candidates, same rewards;
 - ``group_mean``: the mean over the G candidates, i.e. the policy's expected reward as sampled;
 - ``random``, ``flat``, ``heuristic``, ``hindsight``: the baselines (``daemon.efficacy.baselines``);
   ``random_expected`` is the random policy's expectation (the mean of the three sides), the same
@@ -19,7 +21,8 @@ from typing import Any
 from daemon.efficacy.baselines import mean_se
 from daemon.efficacy.config import EfficacyConfig
 
-ROWS = ("learned", "learned_unit", "group_mean", "random", "random_expected", "flat", "heuristic", "hindsight")
+ROWS = ("learned", "learned_unit", "learned_modal", "group_mean",
+        "random", "random_expected", "flat", "heuristic", "hindsight")
 BASELINE_ROWS = ("random", "random_expected", "flat", "heuristic", "hindsight")
 # issue 10, USD-M BTCUSDT 2024-08-08, from an independent simulator: (mean, se or None)
 REFERENCE = {
@@ -49,7 +52,8 @@ def _splits(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     train = [r for r in records if r["phase"].startswith("train")]
     held = [r for r in records if r["phase"] == "heldout"]
     return {"train_second_half": train[len(train) // 2:], "heldout": held,
-            "run_second_half": records[len(records) // 2:], "train_first_pass": [r for r in records if r["phase"] == "train1"]}
+            "run_second_half": records[len(records) // 2:],
+            "train_first_pass": [r for r in records if r["phase"] == "train1"]}
 
 
 def reference_check(records: list[dict[str, Any]], fee: float, capture: str) -> dict[str, Any]:
@@ -65,11 +69,16 @@ def reference_check(records: list[dict[str, Any]], fee: float, capture: str) -> 
         if key in ref:
             value, ref_se = ref[key]
             diff = ours["mean"] - value
+            se = ours["se"] if ours["se"] == ours["se"] else 0.0
+            if row == "random_expected":
+                # the reference's random row is one draw: its noise is that of our draw, not of
+                # the expectation, so that is the yardstick for comparing the expectation with it
+                se = mean_se([r["random"] for r in recs])["se"]
+            combined = math.hypot(se, ref_se or 0.0)  # both figures are estimates when both have an SE
             entry.update(reference=value, reference_se=ref_se, diff=diff,
-                         z_ours=diff / ours["se"] if ours["se"] and ours["se"] > 0 else math.nan,
-                         within_2se=abs(diff) <= 2 * ours["se"] if ours["se"] == ours["se"] else None)
-            if ref_se is not None and ours["se"] == ours["se"]:
-                entry["z_combined"] = diff / math.hypot(ours["se"], ref_se)
+                         z_ours=diff / se if se > 0 else math.nan,
+                         within_2se_ours=abs(diff) <= 2 * se,
+                         within_2se_combined=abs(diff) <= 2 * combined if combined > 0 else None)
         out["rows"][row] = entry
     return out
 
@@ -92,6 +101,7 @@ def summarise(cfg: EfficacyConfig, runs: list[dict[str, Any]]) -> dict[str, Any]
             "target": None if target is None or held is None else {
                 "threshold": target, "learned": held["learned"]["mean"], "met": held["learned"]["mean"] >= target},
             "phases": run["phases"], "timing": run["timing"], "unclosed_groups": run["unclosed_groups"],
+            "probes": run.get("probes", []),
             "final_policy_version": run["final_policy_version"], "skipped_groups": run["skipped_groups"],
         }
     return {"config": cfg.to_json(), "captures": runs[0]["captures"] if runs else [], "fees": fees}
@@ -114,8 +124,11 @@ def write_curve(runs: list[dict[str, Any]], summary: dict[str, Any], path) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 4 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(len(runs), 2, figsize=(15, 4.2 * len(runs)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2, 1]})
     colours = {"random": "tab:red", "flat": "black", "heuristic": "tab:green", "hindsight": "tab:purple"}
+    for pax, run in zip(axes[:, 1], runs):
+        _probe_panel(pax, run)
     for ax, run in zip(axes[:, 0], runs):
         recs = run["records"]
         if not recs:
@@ -146,6 +159,24 @@ def write_curve(runs: list[dict[str, Any]], summary: dict[str, Any], path) -> No
     plt.close(fig)
 
 
+def _probe_panel(ax, run: dict[str, Any]) -> None:
+    """P(long) - P(short) sampled on prompts that differ only in imbalance: does it matter?"""
+    probes = run.get("probes") or []
+    if not probes:
+        ax.set_axis_off()
+        return
+    x = [p["policy_version"] for p in probes]
+    for key, colour in (("im=-0.8", "tab:red"), ("im=+0.0", "grey"), ("im=+0.8", "tab:green")):
+        ax.plot(x, [p[key]["long"] - p[key]["short"] for p in probes], color=colour, marker=".", lw=1,
+                label=f"{key}: P(long) - P(short)")
+    ax.plot(x, [p["im=+0.0"]["flat"] for p in probes], color="black", ls="--", lw=1, label="im=+0.0: P(flat)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_title(f"fee {run['fee_bps']:g}: probe prompts differing only in imbalance", fontsize=9)
+    ax.set_xlabel("policy_version")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+
+
 def _fmt(m: dict[str, float]) -> str:
     if m["n"] == 0:
         return "-"
@@ -173,8 +204,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
         for row, e in ref["rows"].items():
             extra = ""
             if "reference" in e:
-                extra = f" vs reference {e['reference']:+.2f}: diff {e['diff']:+.3f}, within 2 SE: {e['within_2se']}"
+                extra = (f" vs reference {e['reference']:+.2f}: diff {e['diff']:+.3f}; within 2 SE: "
+                         f"ours {e['within_2se_ours']}, combined {e['within_2se_combined']}")
             lines.append(f"- {row}: {_fmt(e['ours'])}{extra}")
+        probes = fee.get("probes") or []
+        if probes:
+            lines += ["", "Probe (side shares on prompts that differ only in imbalance), last one of each phase:", ""]
+            for phase in dict.fromkeys(p["phase"] for p in probes):
+                p = [q for q in probes if q["phase"] == phase][-1]
+                lines.append(f"- {phase} v{p['policy_version']}: " + "; ".join(
+                    f"{k} L{v['long']:.2f} S{v['short']:.2f} F{v['flat']:.2f}" for k, v in p.items()
+                    if k.startswith("im=")))
         if fee.get("target"):
             t = fee["target"]
             lines.append(f"\nTarget (held out, learned ≥ {t['threshold']:+.2f}): {t['learned']:+.3f} -> "

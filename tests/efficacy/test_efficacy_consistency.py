@@ -41,7 +41,7 @@ def run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg = EfficacyConfig(captures=shared_data / "exchange_binance", include=SYMBOL_FILES,
                          holdout=["*_20240809.gz"], fees_bps=FEES, epochs=1, max_decisions=100,
                          group_size=4, learner=TINY, bootstrap_steps=40, lr=1e-3, cache_dir=None,
-                         reference_capture=SYMBOL_FILES[0], jobs=1)
+                         reference_capture=SYMBOL_FILES[0], jobs=1, probe_every=0)
     summary = run_efficacy(cfg, out)
     records = {fee: [json.loads(line) for line in open(out / f"decisions-fee{fee:g}.jsonl")] for fee in FEES}
     return out, summary, records
@@ -168,6 +168,12 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
             assert rec["rewards"][5] == cfg.min_reward
             assert rec["learned"] == rec["rewards"][0] and rec["learned_unit"] == rec["rewards"][0]
             assert policy.policy_version == version + 1, "a group with spread must move the learner"
+    from daemon.efficacy.driver import PROBE_IMBALANCES, probe
+
+    shares = probe(policy)
+    assert shares["policy_version"] == policy.policy_version
+    for im in PROBE_IMBALANCES:
+        assert sum(shares[f"im={im:+.1f}"].values()) == pytest.approx(1.0)
 
 
 def test_summary_is_the_mean_of_the_records(run):
@@ -183,7 +189,8 @@ def test_summary_is_the_mean_of_the_records(run):
             assert fs["splits"]["heldout"][row]["mean"] == pytest.approx(m)
             assert fs["splits"]["heldout"][row]["se"] == pytest.approx(se)
             half = train[len(train) // 2:]
-            assert fs["splits"]["train_second_half"][row]["mean"] == pytest.approx(sum(r[row] for r in half) / len(half))
+            expected = sum(r[row] for r in half) / len(half)
+            assert fs["splits"]["train_second_half"][row]["mean"] == pytest.approx(expected)
         # the learner stepped once per group that carried signal, and only then
         assert fs["final_policy_version"] == sum(r["status"] != "skipped" for r in records[fee])
         assert fs["reference_check"]["decisions"] == len(train)
