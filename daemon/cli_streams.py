@@ -31,12 +31,13 @@ def flink(
     local: bool = typer.Option(False, "--local", help="run on a local Flink mini-cluster (the default)"),
     jobmanager: str = typer.Option(None, help="submit to this JobManager REST URL instead, e.g. http://flink:8081"),
     parallelism: int = typer.Option(None, min=1, help="operator parallelism (default 1)"),
-    checkpoint_dir: Path = typer.Option(None, help="checkpoint folder (default <data_dir>/flink/<app>/checkpoints)"),
+    checkpoint_dir: str = typer.Option(None, help="checkpoint folder or URI (default <data_dir>/flink/<app>/checkpoints)"),
     checkpoint_interval: float = typer.Option(None, help="seconds between checkpoints (outputs commit then)"),
     restore: str = typer.Option(None, help="start from this checkpoint/savepoint path, or 'latest'"),
     delivery: str = typer.Option(None, help="exactly-once (default) or at-least-once"),
     group_id: str = typer.Option(None, help="Kafka consumer group of the sources"),
     python_executable: str = typer.Option(None, help="Python of the task managers (remote clusters)"),
+    connector_jar: str = typer.Option(None, help="Kafka connector jar (default: .cache/flink's), or 'classpath'"),
     topic: list[str] = typer.Option([], "--topic", help="NAME=TOPIC, e.g. learn.groups=shadow.groups (repeatable)"),
 ) -> None:
     """Run the PyFlink job (same rewards and groups as the worker) until stopped, or submit it."""
@@ -60,7 +61,7 @@ def flink(
     argv += ["--jobmanager", jobmanager] if jobmanager else ["--local"]
     opts = {"--parallelism": parallelism, "--checkpoint-dir": checkpoint_dir,
             "--checkpoint-interval": checkpoint_interval, "--restore": restore, "--delivery": delivery,
-            "--group-id": group_id, "--python-executable": python_executable}
+            "--group-id": group_id, "--python-executable": python_executable, "--connector-jar": connector_jar}
     for flag, value in opts.items():
         if value is not None:
             argv += [flag, str(value)]

@@ -63,9 +63,9 @@ class JobConfig:
     groups: dict
     market_window_s: float = 60.0
     idle_tick_s: float = 0.25
-    parallelism: int = 1
+    parallelism: int | None = None  # None: 1 on the local mini-cluster, the cluster's default elsewhere
     checkpoint_interval_s: float = 5.0
-    checkpoint_dir: Path = Path(".eigenloop/flink/checkpoints")
+    checkpoint_dir: Path | str = Path(".eigenloop/flink/checkpoints")  # a folder, or a URI (s3://...)
     restore: str | None = None  # a checkpoint/savepoint path, or "latest" under checkpoint_dir
     delivery: str = "exactly-once"
     out_of_orderness_s: float = 1.0
@@ -76,6 +76,10 @@ class JobConfig:
     python_executable: str | None = None  # the workers' interpreter (default: this one, locally)
     kafka_properties: dict[str, str] = field(default_factory=dict)
     name: str = "eigenloop-streams"
+    connector_jar: str | None = None  # a jar path/URI, "classpath" (already in the image), None: .cache/flink
+    # the cluster (a FlinkDeployment) configures checkpointing, parallelism and the Python
+    # interpreter itself: the job then sets only what is about the job
+    managed: bool = False
 
 
 def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
@@ -111,11 +115,21 @@ def kafka_properties(k) -> dict[str, str]:
     return props
 
 
-def connector_jar() -> Path:
+def connector_jar(choice: str | None = None) -> str | None:
+    """The connector jar's URI for ``pipeline.jars``; None when it is on the cluster's classpath."""
+    if choice == "classpath":
+        return None
+    if choice:
+        return choice if "://" in choice else Path(choice).resolve().as_uri()
     jars = sorted(CONNECTOR_DIR.glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
         raise SystemExit(f"no Flink Kafka connector jar in {CONNECTOR_DIR}: run `make flink-setup`")
-    return jars[-1]
+    return jars[-1].as_uri()
+
+
+def _uri(path: Path | str) -> str:
+    """A checkpoint location as a URI: s3://..., hdfs://... as given, a local path as file://."""
+    return str(path) if "://" in str(path) else Path(path).resolve().as_uri()
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -184,25 +198,31 @@ def flink_configuration(cfg: JobConfig):
 
     conf = Configuration()
     conf.set_string("pipeline.name", cfg.name)
-    conf.set_string("pipeline.jars", connector_jar().as_uri())
-    conf.set_string("parallelism.default", str(cfg.parallelism))
+    jar = connector_jar(cfg.connector_jar)
+    if jar:
+        conf.set_string("pipeline.jars", jar)
+    conf.set_string("table.exec.source.idle-timeout", f"{round(cfg.idle_timeout_s * 1000)} ms")
+    conf.set_string("python.fn-execution.bundle.time", str(cfg.bundle_ms))
+    parallelism = cfg.parallelism or (None if (cfg.jobmanager or cfg.managed) else 1)
+    if parallelism:
+        conf.set_string("parallelism.default", str(parallelism))
+    if cfg.python_executable or not (cfg.jobmanager or cfg.managed):
+        conf.set_string("python.executable", cfg.python_executable or sys.executable)
+    if cfg.managed:
+        return conf
+    conf.set_string("python.client.executable", sys.executable)
     conf.set_string("execution.checkpointing.interval", f"{round(cfg.checkpoint_interval_s * 1000)} ms")
     conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
-    conf.set_string("execution.checkpointing.dir", Path(cfg.checkpoint_dir).resolve().as_uri())
+    conf.set_string("execution.checkpointing.dir", _uri(cfg.checkpoint_dir))
     # kept after cancel/kill so the job can be restarted from them (--restore latest)
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     conf.set_string("execution.checkpointing.num-retained", "2")
     conf.set_string("state.backend.type", "hashmap")
-    conf.set_string("table.exec.source.idle-timeout", f"{round(cfg.idle_timeout_s * 1000)} ms")
-    conf.set_string("python.fn-execution.bundle.time", str(cfg.bundle_ms))
-    if cfg.python_executable or not cfg.jobmanager:
-        conf.set_string("python.executable", cfg.python_executable or sys.executable)
-    conf.set_string("python.client.executable", sys.executable)
     if cfg.restore:
-        path = latest_checkpoint(cfg.checkpoint_dir) if cfg.restore == "latest" else Path(cfg.restore)
+        path = latest_checkpoint(Path(cfg.checkpoint_dir)) if cfg.restore == "latest" else cfg.restore
         if path is None:
             raise SystemExit(f"--restore latest: no completed checkpoint under {cfg.checkpoint_dir}")
-        conf.set_string("execution.state-recovery.path", Path(path).resolve().as_uri())
+        conf.set_string("execution.state-recovery.path", _uri(path))
         print(f"restoring from {path}", flush=True)
     if cfg.jobmanager:
         url = urlparse(cfg.jobmanager if "://" in cfg.jobmanager else f"http://{cfg.jobmanager}")
@@ -244,9 +264,10 @@ def run(cfg: JobConfig) -> None:
     # the JVM and the Python workers it starts inherit these: our packages, a modest heap
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     os.environ.setdefault("JVM_ARGS", "-Xms256m -Xmx1g -XX:+UseSerialGC")
-    log_dir = Path(cfg.checkpoint_dir).parent / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))
+    if not cfg.managed and "://" not in str(cfg.checkpoint_dir):
+        log_dir = Path(cfg.checkpoint_dir).parent / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))
     from pyflink.datastream import StreamExecutionEnvironment
 
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(cfg))
@@ -256,7 +277,7 @@ def run(cfg: JobConfig) -> None:
     build(env, cfg)
     client = env.execute_async(cfg.name)
     print(f"flink job submitted {client.get_job_id()}", flush=True)  # tests and supervisors wait for this line
-    if not cfg.jobmanager:
+    if not cfg.jobmanager:  # local, or application mode in a FlinkDeployment: the job's lifetime
         client.get_job_execution_result().result()
 
 
@@ -267,12 +288,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument("--jobmanager", help="submit to this JobManager (REST URL, e.g. http://host:8081)")
     p.add_argument("--bootstrap", help="Kafka bootstrap (default: settings)")
     p.add_argument("--parallelism", type=int)
-    p.add_argument("--checkpoint-dir", type=Path)
+    p.add_argument("--checkpoint-dir", help="folder or URI (s3://..., hdfs://...) of the checkpoints")
     p.add_argument("--checkpoint-interval", type=float, dest="checkpoint_interval_s")
     p.add_argument("--restore", help="checkpoint or savepoint path to start from, or 'latest'")
     p.add_argument("--delivery", choices=["exactly-once", "at-least-once"])
     p.add_argument("--group-id")
     p.add_argument("--python-executable", help="the Python of the task managers (remote clusters)")
+    p.add_argument("--connector-jar", help="Kafka connector jar path/URI, or 'classpath' if the cluster has it")
+    p.add_argument("--managed", action="store_true", default=None,
+                   help="the cluster configures checkpointing, parallelism and Python (FlinkDeployment)")
     for base in INPUTS + OUTPUTS:
         p.add_argument(f"--topic-{base.replace('.', '-')}", dest=f"topic:{base}", help=f"topic for {base}")
     return p.parse_args(argv)
@@ -293,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = from_settings(settings, bootstrap, topics=topics, parallelism=args.parallelism,
                         checkpoint_dir=args.checkpoint_dir, checkpoint_interval_s=args.checkpoint_interval_s,
                         restore=args.restore, delivery=args.delivery, group_id=args.group_id,
-                        jobmanager=args.jobmanager, python_executable=args.python_executable)
+                        jobmanager=args.jobmanager, python_executable=args.python_executable,
+                        connector_jar=args.connector_jar, managed=args.managed)
     run(cfg)
 
 

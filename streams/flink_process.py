@@ -12,11 +12,12 @@ and groups come from the same pure functions (``rewards.score_action``/``to_outc
   job's watermark (from the Kafka sources, bounded out-of-orderness, idle partitions ignored)
   fires it, and it ticks the engine with that watermark, which closes the windows that are over.
 - **Idle streams.** A processing-time timer every ``idle_tick_s`` while the symbol has pending
-  work does what the Faust worker's wall-clock timer does (``engine.idle_due``): when no event
-  comes at all, the watermark does not move, yet windows must close. The engine's idle estimate
-  is used only while the symbol's partition is *live* (its last record was processed within
-  ``LIVE_LAG_NS`` of being ingested); a replayed backlog advances by its own events only, so the
-  result of a replay does not depend on how fast or slow this machine is.
+  work does what the Faust worker's wall-clock timer does: when no event comes at all, the
+  watermark does not move, yet windows must close. The engine's idle estimate (last event time
+  plus the wall time since it was ingested, ``Clock.idle_now``) is used only while the symbol's
+  partition is *live*: its last record was processed within ``LIVE_LAG_NS`` of being ingested.
+  A replayed backlog advances by its own events and the watermark only, so the result of a
+  replay does not depend on how fast or slow this machine is.
 
 Rows in: ``(kind, sym, v, topic, partition, offset, ts_ingest)``; kind ``m`` = market.events
 record, ``a`` = agent.actions record; ``ts_ingest`` (or None) is read by the source query. Rows out: ``(k, v)`` bytes, on the main output (agent.outcomes)
@@ -29,7 +30,7 @@ import time
 from typing import Any, Iterable, Iterator, MutableMapping
 
 from pyflink.common import Row, Types
-from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext, TimeDomain
+from pyflink.datastream import KeyedProcessFunction, OutputTag, RuntimeContext
 from pyflink.datastream.functions import TimerService
 from pyflink.datastream.state import MapState, MapStateDescriptor
 
@@ -128,7 +129,10 @@ class SymbolProcess(KeyedProcessFunction):
         except Exception as e:  # noqa: BLE001 - one bad record must not stop the job (as in Faust)
             emits = [engine.dead_letter(raw, reason=f"processing failed: {e!r}", kind=type(e).__name__, **where)]
         yield from self._emit(emits)
-        self._schedule(ctx.timer_service(), ctx.get_current_key(), wall)
+        if emits or row[0] != "m":
+            # a market record that emitted nothing resolved nothing, so the agenda is as it was:
+            # skip the timers (reading the agenda is a state round trip to the JVM per record)
+            self._schedule(ctx.timer_service(), ctx.get_current_key(), wall)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
         engine = self.engine
@@ -139,17 +143,17 @@ class SymbolProcess(KeyedProcessFunction):
         emits: list[Emit] = []
         if self._idle_timer.get(key) == timestamp:
             del self._idle_timer[key]
-        if ctx.time_domain() == TimeDomain.EVENT_TIME:
-            # the watermark passed a window end: tick every state key of this symbol with it.
-            # The fired timer stays in _event_timer, so a window still held back by the wall-clock
-            # grace is not re-armed in the past (that would fire on every watermark); the
-            # processing-time tick closes it once the grace is over.
-            now = timers.current_watermark() * _MS
-            for sk, _entry in engine.agenda.items():
-                emits += engine.on_internal(tick_record(sk, now), topic="timer", wall_ns=wall)
-        else:
-            for _symbol_, sk, now in engine.idle_due(wall, caught_up=self._caught_up):
-                emits += engine.on_internal(tick_record(sk, now), topic="timer", wall_ns=wall)
+        # Event time for this symbol: the job's watermark (all inputs, idle partitions aside),
+        # the engine's own per-symbol clock (inside on_internal), and, only on a live stream
+        # that has gone silent, the engine's wall-clock estimate. The engine decides what is
+        # due and what has expired (window over *and* grace_s of wall time since the last
+        # candidate), so ticking every pending symbol on each timer is safe.
+        watermark = timers.current_watermark()
+        now = watermark * _MS if watermark > 0 else 0
+        for sk, _entry in engine.agenda.items():
+            tp = engine.tps.get(sk)
+            idle = engine.clock.idle_now(sk, wall, caught_up=True) if tp and self._live.get(tp) else None
+            emits += engine.on_internal(tick_record(sk, max(now, idle or 0)), topic="timer", wall_ns=wall)
         yield from self._emit(emits)
         self._schedule(timers, key, wall)
 
@@ -168,9 +172,6 @@ class SymbolProcess(KeyedProcessFunction):
         self._seeded.add(key)
         for sk in list(self.engine.index):
             self.engine.clock.seed(sk, self.engine._last_quote_ts(sk), wall)
-
-    def _caught_up(self, tp: tuple[str, int]) -> bool | None:
-        return self._live.get(tuple(tp))
 
     def _schedule(self, timers: TimerService, key: str, wall: int) -> None:
         """An event-time timer at each window end; a processing-time tick while work is pending."""
