@@ -8,12 +8,14 @@
 # Why a second virtualenv: PyFlink 2.x requires apache-beam<=2.61, which pins dill 0.3.1.1 and
 # pyarrow<17 (and PyFlink itself pandas<2.3), while the main environment's trl -> datasets
 # needs dill>=0.4 (through multiprocess) and a newer pyarrow; pip cannot put both in one
-# environment. The job only needs schemas/ and streams/ (pydantic), which it gets on PYTHONPATH;
+# environment. The job only needs schemas/ and streams/ (pydantic) and a Kafka client for its lag
+# probe; it gets our packages on PYTHONPATH;
 # `eigenloop streams flink` (main environment) starts it with this environment's interpreter.
 #
 # Versions: PyFlink 2.2.1 with flink-sql-connector-kafka 5.0.0-2.2 (see flink/pom.xml for why).
 PYFLINK_REQ := apache-flink==2.2.1
-FLINK_PY_DEPS := "pydantic>=2.7" "pydantic-settings>=2.4" "pyyaml>=6"
+# confluent-kafka: the job's lag probe (streams/flink_lag.py); librdkafka speaks Kafka 4
+FLINK_PY_DEPS := "pydantic>=2.7" "pydantic-settings>=2.4" "pyyaml>=6" "confluent-kafka>=2.6"
 FLINK_VENV := .cache/flink-venv
 FLINK_PY := $(FLINK_VENV)/bin/python
 FLINK_STAMP := $(FLINK_VENV)/.installed-stamp

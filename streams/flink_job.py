@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from streams.flink_lag import librdkafka_config
+
 REPO = Path(__file__).resolve().parent.parent
 CONNECTOR_DIR = REPO / ".cache" / "flink"
 BUCKET_S = 1.0  # the Faust topology's market bucket; the same here so state shapes match
@@ -75,6 +77,7 @@ class JobConfig:
     jobmanager: str | None = None  # None: local mini-cluster
     python_executable: str | None = None  # the workers' interpreter (default: this one, locally)
     kafka_properties: dict[str, str] = field(default_factory=dict)
+    lag_config: dict[str, str] = field(default_factory=dict)  # librdkafka settings (streams.flink_lag)
     name: str = "eigenloop-streams"
     connector_jar: str | None = None  # a jar path/URI, "classpath" (already in the image), None: .cache/flink
     # the cluster (a FlinkDeployment) configures checkpointing, parallelism and the Python
@@ -92,6 +95,7 @@ def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
         market_window_s=settings.streams.market_window_s, idle_tick_s=settings.streams.idle_tick_s,
         checkpoint_dir=Path(settings.data_dir).resolve() / "flink" / app / "checkpoints",
         kafka_properties=kafka_properties(settings.kafka), name=app,
+        lag_config=librdkafka_config(bootstrap, app, settings.kafka),
     )
     topics = overrides.pop("topics", None) or {}
     cfg.topics.update({k: v for k, v in topics.items() if v})
@@ -175,7 +179,6 @@ def source_ddl(table: str, topic: str, cfg: JobConfig) -> str:
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
   sym AS COALESCE(JSON_VALUE({text}, '$.symbol'), ''),
-  ingest AS {num('ts_ingest')},
   ts AS TO_TIMESTAMP_LTZ(COALESCE({num('ts_event')}, 0) / 1000000, 3),
   WATERMARK FOR ts AS ts - INTERVAL '{cfg.out_of_orderness_s:.3f}' SECOND
 ) WITH (
@@ -245,11 +248,13 @@ def build(env, cfg: JobConfig) -> None:
     sinks = {"agent.outcomes": "outcomes_out", "learn.groups": "groups_out", "deadletter": "deadletter_out"}
     for base, table in sinks.items():
         t_env.execute_sql(sink_ddl(table, cfg.topics[base], cfg))
-    cols = "sym, v, `topic`, `partition`, `offset`, ingest, ts"
+    cols = "sym, v, `topic`, `partition`, `offset`, ts"
     rows = t_env.to_data_stream(t_env.sql_query(
         f"SELECT 'm' AS kind, {cols} FROM market_in UNION ALL SELECT 'a' AS kind, {cols} FROM actions_in"))
+    # the lag probe asks about the sources' consumer group, wherever the overrides put it
+    lag = {**cfg.lag_config, "bootstrap.servers": cfg.bootstrap, "group.id": cfg.group_id}
     process = SymbolProcess(cfg.reward, cfg.groups, bucket_s=BUCKET_S, market_window_s=cfg.market_window_s,
-                            idle_tick_s=cfg.idle_tick_s)
+                            idle_tick_s=cfg.idle_tick_s, lag_config=lag)
     out = (rows.key_by(lambda r: r[1], key_type=Types.STRING())
            .process(process, output_type=OUT_TYPE).name("rewards-and-groups").uid("rewards-and-groups"))
     stmts = t_env.create_statement_set()

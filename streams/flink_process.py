@@ -14,13 +14,13 @@ and groups come from the same pure functions (``rewards.score_action``/``to_outc
 - **Idle streams.** A processing-time timer every ``idle_tick_s`` while the symbol has pending
   work does what the Faust worker's wall-clock timer does: when no event comes at all, the
   watermark does not move, yet windows must close. The engine's idle estimate (last event time
-  plus the wall time since it was ingested, ``Clock.idle_now``) is used only while the symbol's
-  partition is *live*: its last record was processed within ``LIVE_LAG_NS`` of being ingested.
-  A replayed backlog advances by its own events and the watermark only, so the result of a
-  replay does not depend on how fast or slow this machine is.
+  plus the wall time since it was ingested, ``Clock.idle_now``) is used only once the job has
+  read everything of the symbol's market partition (``streams.flink_lag.LagProbe``, the same
+  condition as the Faust worker's); while there is a backlog, event time advances by events and
+  the watermark only, so a replay's results do not depend on how fast this machine is.
 
-Rows in: ``(kind, sym, v, topic, partition, offset, ts_ingest)``; kind ``m`` = market.events
-record, ``a`` = agent.actions record; ``ts_ingest`` (or None) is read by the source query. Rows out: ``(k, v)`` bytes, on the main output (agent.outcomes)
+Rows in: ``(kind, sym, v, topic, partition, offset, ...)``; kind ``m`` = market.events record,
+``a`` = agent.actions record. Rows out: ``(k, v)`` bytes, on the main output (agent.outcomes)
 or the side outputs ``GROUPS`` and ``DEADLETTER``.
 """
 
@@ -36,12 +36,12 @@ from pyflink.datastream.state import MapState, MapStateDescriptor
 
 from schemas.settings import GroupConfig, RewardConfig
 from streams.engine import Emit, SymbolEngine, tick_record
+from streams.flink_lag import LagProbe
 
 OUT_TYPE = Types.ROW_NAMED(["k", "v"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 GROUPS = OutputTag("learn.groups", OUT_TYPE)
 DEADLETTER = OutputTag("deadletter", OUT_TYPE)
 STATES = ("book", "trades", "index", "pending", "agenda", "closed")
-LIVE_LAG_NS = 1_000_000_000
 _MS = 1_000_000
 
 
@@ -88,13 +88,14 @@ class SymbolProcess(KeyedProcessFunction):
     """Market events and candidates of one symbol -> outcomes, groups, dead letters."""
 
     def __init__(self, reward: dict, groups: dict, *, bucket_s: float, market_window_s: float,
-                 idle_tick_s: float, source: str = "streams"):
+                 idle_tick_s: float, lag_config: dict | None = None, source: str = "streams"):
         # ``source`` as the Faust worker's: the same logical event whichever engine produced it,
         # so records are identical field for field (ts_ingest aside) and switching is seamless
         # plain dicts: the function is pickled to the Python workers, settings are rebuilt there
         self.reward, self.groups = reward, groups
         self.bucket_s, self.market_window_s, self.idle_tick_s = bucket_s, market_window_s, idle_tick_s
         self.source = source
+        self.lag_config = lag_config  # librdkafka settings of the lag probe; None: never idle
         self.engine: SymbolEngine | None = None
 
     def open(self, ctx: RuntimeContext) -> None:
@@ -106,7 +107,8 @@ class SymbolProcess(KeyedProcessFunction):
         # derived, in-memory only (rebuilt from the next events after a restart, like the Clock)
         self._event_timer: dict[str, int] = {}  # sk -> event-time timer set (ms)
         self._idle_timer: dict[str, int] = {}  # key -> processing-time timer set (ms)
-        self._live: dict[tuple[str, int], bool] = {}  # market (topic, partition) -> processed promptly
+        self._processed: dict[tuple[str, int], int] = {}  # market (topic, partition) -> highest offset seen
+        self._probe = LagProbe(self.lag_config, ttl_s=self.idle_tick_s) if self.lag_config else None
         self._seeded: set[str] = set()  # keys whose event-time clock was seeded since open()
         self.idle_tick_ms = max(1, round(self.idle_tick_s * 1000))
 
@@ -120,8 +122,8 @@ class SymbolProcess(KeyedProcessFunction):
         try:
             if row[0] == "m":
                 emits = engine.on_market(raw, wall_ns=wall, **where)
-                if row[6] is not None:  # ts_ingest, extracted by the source query
-                    self._live[(row[3], row[4])] = wall - row[6] < LIVE_LAG_NS
+                tp = (row[3], row[4])
+                self._processed[tp] = max(row[5], self._processed.get(tp, -1))
             else:
                 emits = engine.route_action(raw, **where)
                 if emits and emits[0].topic == "internal":  # a valid action: already on its symbol's key
@@ -144,20 +146,27 @@ class SymbolProcess(KeyedProcessFunction):
         if self._idle_timer.get(key) == timestamp:
             del self._idle_timer[key]
         # Event time for this symbol: the job's watermark (all inputs, idle partitions aside),
-        # the engine's own per-symbol clock (inside on_internal), and, only on a live stream
-        # that has gone silent, the engine's wall-clock estimate. The engine decides what is
+        # the engine's own per-symbol clock (inside on_internal), and, only once its market
+        # partition is read to the end and the symbol has gone silent, the engine's estimate. The engine decides what is
         # due and what has expired (window over *and* grace_s of wall time since the last
         # candidate), so ticking every pending symbol on each timer is safe.
         watermark = timers.current_watermark()
         now = watermark * _MS if watermark > 0 else 0
         for sk, _entry in engine.agenda.items():
-            tp = engine.tps.get(sk)
-            idle = engine.clock.idle_now(sk, wall, caught_up=True) if tp and self._live.get(tp) else None
+            tp = engine.tps.get(sk) or engine._persisted_tp(sk)  # (persisted: after a restart, as idle_due)
+            idle = engine.clock.idle_now(sk, wall, caught_up=True) if tp and self._caught_up(tp) else None
             emits += engine.on_internal(tick_record(sk, max(now, idle or 0)), topic="timer", wall_ns=wall)
         yield from self._emit(emits)
         self._schedule(timers, key, wall)
 
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+
     # ---- helpers ----------------------------------------------------------------------------
+    def _caught_up(self, tp: tuple[str, int]) -> bool:
+        return self._probe is not None and self._probe.caught_up(tuple(tp), self._processed.get(tuple(tp))) is True
+
     def _seed_clock(self, key: str, wall: int) -> None:
         """After a (re)start, start each symbol's event time at its last stored quote.
 
