@@ -1,0 +1,59 @@
+"""The job's SQL and settings plumbing, without a JVM: what the sources and sinks are told."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from schemas.settings import KafkaSettings, Settings
+from streams.flink_job import from_settings, latest_checkpoint, sink_ddl, source_ddl
+from flink_harness import EIGENLOOP, REPO
+
+
+def _cfg(**kw):
+    s = Settings(kafka=KafkaSettings(topic_prefix="p.", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                                     sasl_username="u", sasl_password="pw", ssl_cafile="/ca.pem"))
+    return from_settings(s, "broker:9092", **kw)
+
+
+def test_topics_default_to_the_catalogue_under_the_prefix_and_can_be_overridden():
+    cfg = _cfg(topics={"learn.groups": "shadow.groups", "market.events": None})
+    assert cfg.topics["market.events"] == "p.market.events" and cfg.topics["learn.groups"] == "shadow.groups"
+    assert cfg.group_id == cfg.transactional_prefix == "p.eigenloop-streams-flink"
+    assert cfg.lag_config["group.id"] == cfg.group_id and cfg.lag_config["sasl.password"] == "pw"
+
+
+def test_sources_read_raw_bytes_with_event_time_watermarks():
+    ddl = source_ddl("market_in", "p.market.events", _cfg())
+    assert "'value.format' = 'raw'" in ddl and "`offset` BIGINT METADATA VIRTUAL" in ddl
+    assert "WATERMARK FOR ts AS ts - INTERVAL '1.000' SECOND" in ddl
+    assert "JSON_VALUE(CAST(v AS STRING), '$.ts_event')" in ddl
+    assert "'properties.sasl.mechanism' = 'SCRAM-SHA-512'" in ddl and "shaded" in ddl
+    assert "'properties.ssl.truststore.location' = '/ca.pem'" in ddl
+    assert "alignment" not in ddl  # off by default, see the module doc
+
+
+def test_sinks_are_transactional_with_a_timeout_the_broker_accepts():
+    ddl = sink_ddl("groups_out", "p.learn.groups", _cfg())
+    assert "'sink.delivery-guarantee' = 'exactly-once'" in ddl
+    assert "'sink.transactional-id-prefix' = 'p.eigenloop-streams-flink-p.learn.groups'" in ddl
+    assert "'properties.transaction.timeout.ms' = '600000'" in ddl  # broker max is 15 min
+    assert "'key.fields' = 'k'" in ddl  # keyed by group id, like the Faust worker's records
+    assert "transactional" not in sink_ddl("g", "t", _cfg(delivery="at-least-once"))
+
+
+def test_latest_checkpoint_is_the_newest_completed_one(tmp_path: Path):
+    assert latest_checkpoint(tmp_path) is None
+    for job, n in (("a", 3), ("b", 7)):
+        (tmp_path / job / f"chk-{n}").mkdir(parents=True)
+        (tmp_path / job / f"chk-{n}" / "_metadata").write_bytes(b"x")
+    (tmp_path / "b" / "chk-8").mkdir()  # in progress: no _metadata yet
+    assert latest_checkpoint(tmp_path) == tmp_path / "b" / "chk-7"
+
+
+def test_cli_rejects_bad_options_in_one_line():
+    for args, message in ((["--topic", "learn.groups"], "expected NAME=TOPIC"),
+                          (["--local", "--jobmanager", "http://x:8081"], "exclude each other")):
+        proc = subprocess.run([str(EIGENLOOP), "streams", "flink", *args], cwd=REPO, capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "EIGENLOOP_KAFKA__BOOTSTRAP": "127.0.0.1:9"}, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
