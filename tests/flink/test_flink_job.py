@@ -83,6 +83,10 @@ def test_flink_job_gives_the_faust_workers_groups(kafka_settings, shared_data, t
     flink_groups = {g.group_id: g for g in flink["learn.groups"]}
     assert len(flink["learn.groups"]) == len(flink_groups), "duplicate groups from the Flink job"
     assert set(flink_groups) == set(faust_groups) == set(want_g)
+    # each engine against the pure functions on the full recorded path, then against each other
+    wrong = {name: sorted(gid for gid, g in groups.items() if comparable(g) != comparable(want_g[gid]))
+             for name, groups in (("flink", flink_groups), ("faust", faust_groups))}
+    assert wrong == {"flink": [], "faust": []}, wrong
     for gid, fg in flink_groups.items():
         qg = faust_groups[gid]
         assert fg.event_id == qg.event_id and fg.candidate_indices == qg.candidate_indices, gid
