@@ -10,10 +10,11 @@ import typer
 
 bench_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchmarks of the learning loop.")
 
-# --quick: one training capture, one held-out capture, a short bootstrap; checks the wiring in
-# about a minute, says nothing about efficacy
+# --quick: one training capture, one held-out capture, 60 decisions each; checks the wiring in
+# about a minute once the bootstrap is cached (the same one the full run uses), says nothing
+# about efficacy
 QUICK = {"include": ["usdm_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz"], "epochs": 1,
-         "max_decisions": 60, "bootstrap_steps": 150}
+         "max_decisions": 60, "probe_every": 0}
 
 
 def _fees(text: str) -> list[float]:

@@ -127,6 +127,17 @@ def run_fee(cfg: EfficacyConfig, fee_bps: float, weights: Path, log: Log = _quie
     }
 
 
+def reference_variants(cfg: EfficacyConfig) -> dict[str, Any] | None:
+    """Baselines on the reference capture under other readings of "a decision every 2 s"."""
+    from daemon.efficacy.reference import decision_variants
+
+    caps = [c for c in discover(cfg.captures, cfg.include, cfg.holdout) if c.name == cfg.reference_capture]
+    if not caps:
+        return None
+    return decision_variants(caps[0], cfg.fees_bps, cadence_s=cfg.cadence_s, horizon_s=cfg.horizon_s,
+                             latency_ms=cfg.latency_ms, seed=cfg.seed)
+
+
 def _records_path(out_dir: Path, fee: float) -> Path:
     return out_dir / f"decisions-fee{fee:g}.jsonl"
 
@@ -157,6 +168,7 @@ def run_efficacy(cfg: EfficacyConfig, out_dir: Path, log: Log = _quiet) -> dict[
     else:
         runs = [run_fee(cfg, f, weights, log, _records_path(out_dir, f)) for f in cfg.fees_bps]
     summary = summarise(cfg, runs)
+    summary["reference_variants"] = reference_variants(cfg)
     summary["bootstrap"] = {"path": str(weights), **boot}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     summary["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -76,7 +76,7 @@ class EfficacyConfig:
     max_decisions: int | None = None
     reference_capture: str = "usdm_btcusdt_20240808.gz"
     fees_bps: list[float] = field(default_factory=lambda: [0.0, 4.5])
-    epochs: int = 2
+    epochs: int = 1
     group_size: int = 8
     cadence_s: float = 2.0
     horizon_s: float = 5.0

@@ -114,21 +114,7 @@ class LoopDriver:
                 for o in [o for o in opens if o.all_in_ns < ev.ts_event]:
                     opens.remove(o)
                     records.append(self._close(phase, o, books[sym], capture_of))
-                    if self.sink:
-                        self.sink(records[-1])
-                    self.closed += 1
-                    if self.probe_every and self.closed % self.probe_every == 0:
-                        self.probes.append({"closed": self.closed, "phase": phase, **probe(self.policy)})
-                        if self.log:
-                            p = self.probes[-1]
-                            self.log(f"probe v{p['policy_version']}: " + " ".join(
-                                f"{k} L{v['long']:.2f}/S{v['short']:.2f}/F{v['flat']:.2f}"
-                                for k, v in p.items() if k.startswith("im=")))
-                    if self.log and len(records) % self.log_every == 0:
-                        last = records[-self.log_every:]
-                        self.log(f"{phase}: {len(records)} closed, policy_version {self.policy.policy_version}, "
-                                 f"last {self.log_every}: learned {sum(r['learned'] for r in last) / len(last):+.2f} "
-                                 f"bps, trades {sum(r['executed_side'] in ('long', 'short') for r in last)}")
+                    self._after_close(phase, records)
             if max_decisions is not None and taken >= max_decisions:
                 if not any(pending.values()):
                     break
@@ -148,6 +134,24 @@ class LoopDriver:
                 _Open(d, actions, max(horizon_end_ns(a) for a in actions)))
         self.unclosed += sum(len(v) for v in pending.values())
         return records
+
+    def _after_close(self, phase: str, records: list[dict[str, Any]]) -> None:
+        """Stream the record out; every so often probe the policy and say how it goes."""
+        if self.sink:
+            self.sink(records[-1])
+        self.closed += 1
+        if self.probe_every and self.closed % self.probe_every == 0:
+            p = {"closed": self.closed, "phase": phase, **probe(self.policy)}
+            self.probes.append(p)
+            if self.log:
+                self.log(f"probe v{p['policy_version']}: " + " ".join(
+                    f"{k} L{v['long']:.2f}/S{v['short']:.2f}/F{v['flat']:.2f}" for k, v in p.items()
+                    if k.startswith("im=")))
+        if self.log and len(records) % self.log_every == 0:
+            last = records[-self.log_every:]
+            self.log(f"{phase}: {len(records)} closed, policy_version {self.policy.policy_version}, "
+                     f"last {self.log_every}: learned {sum(r['learned'] for r in last) / len(last):+.2f} bps, "
+                     f"trades {sum(r['executed_side'] in ('long', 'short') for r in last)}")
 
     def _close(self, phase: str, o: _Open, book: BookPath, capture_of) -> dict[str, Any]:
         d, actions = o.decision, o.actions

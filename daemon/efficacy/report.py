@@ -220,5 +220,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"\nTarget (held out, learned ≥ {t['threshold']:+.2f}): {t['learned']:+.3f} -> "
                          f"{'met' if t['met'] else 'missed'}")
         lines.append("")
+    variants = summary.get("reference_variants")
+    if variants:
+        lines += ["## Reference capture: baselines by definition of the decision instant", "",
+                  "| instants | decisions | heuristic trade share | " + " | ".join(
+                      f"{k} heuristic" for k in variants["phase_scan"]) + " |",
+                  "|---|---|---|" + "---|" * len(variants["phase_scan"])]
+        for name in ("actor", "grid", "utc_grid"):
+            v = variants[name]
+            lines.append(f"| {name} | {v['decisions']} | {v['heuristic_trade_share']:.2f} | " + " | ".join(
+                _fmt(v[k]["heuristic"]) for k in variants["phase_scan"]) + " |")
+        for fee, rows in variants["phase_scan"].items():
+            h = rows["heuristic"]
+            lines.append(f"\nUTC grid shifted 0 .. 1.9 s, {fee}: heuristic from {h['min']:+.3f} to {h['max']:+.3f} "
+                         f"(mean {h['mean']:+.3f})")
+        lines.append("")
     lines.append(f"Wall time {summary.get('wall_s')} s on {summary.get('machine')}")
     return "\n".join(lines) + "\n"
