@@ -101,6 +101,11 @@ class Actor:
         self._pending[symbol] = Decision(symbol, exchange, ts_event, features, quote)
         self._wake.set()
 
+    def take_due(self, symbol: str) -> Decision | None:
+        """The decision scheduled for ``symbol``, removed from the queue: for a caller that drives
+        ``decide`` itself (benchmarks, replays) instead of running the actor's task."""
+        return self._pending.pop(symbol, None)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="actor")
 
@@ -128,7 +133,7 @@ class Actor:
         prompt_text = format_market_prompt(d.symbol.replace("/", "").split(":")[0], d.features)
         seed = self._seed_rng.getrandbits(31)
         completions, version = await self.policy.sample(prompt_text, self.group_size, seed,
-                                                        temperature=None, top_p=self.cfg.top_p)
+                                                        temperature=None, top_p=None)
         group_id = str(uuid.uuid4())  # from OS entropy: a restarted actor must never reuse an id
         prompt = Prompt(prompt_id=group_id, symbol=d.symbol, text=prompt_text, features=d.features,
                         policy_version=version, ts_event=d.t0_ns, key=group_id, source="actor")

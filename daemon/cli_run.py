@@ -38,6 +38,23 @@ def _daemon_status(port: int) -> dict | None:
         return None
 
 
+class ConfigurationError(Exception):
+    """A configuration that cannot run, found before anything starts."""
+
+
+def streams_command(s) -> list[str]:
+    """The streams child: the Faust worker, or the PyFlink job on a local mini-cluster when
+    ``streams.engine`` is ``flink`` (restarted from its latest checkpoint after a crash)."""
+    if s.streams.engine == "flink":
+        from daemon.cli_streams import _flink_python
+
+        if _flink_python() is None:
+            raise ConfigurationError("streams.engine=flink needs PyFlink: run `make flink-setup` first "
+                                  "(or set EIGENLOOP_FLINK_PYTHON)")
+        return ["streams", "flink", "--local", "--restore", "auto"]
+    return ["streams", "worker"]
+
+
 async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | None, symbols: list[str],
                   duration: float | None, live_ack: bool, sink: bool, status_every: float) -> None:
     from daemon import kafka_local
@@ -79,7 +96,7 @@ async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | Non
     logs = data_dir / "logs"
     sup = Supervisor()
     argv = _eigenloop_argv()
-    await sup.add(Child("streams", argv + ["streams", "worker"], child_env(env), logs / "streams.log"))
+    await sup.add(Child("streams", argv + streams_command(s), child_env(env), logs / "streams.log"))
     if sink:
         await sup.add(Child("sink", argv + ["analytics", "sink"], child_env(env), logs / "sink.log"))
     daemon_argv = argv + ["daemon"] + ([LIVE_FLAG] if live_ack else [])
@@ -137,8 +154,9 @@ def register(app: typer.Typer) -> None:
 
         s = settings()
         try:
+            streams_command(s)  # fail before starting anything
             asyncio.run(run_all(s, live=live, replay_path=replay, speed=speed,
                                 symbols=[x.strip() for x in symbols.split(",") if x.strip()], duration=duration,
                                 live_ack=i_understand_live_trading, sink=sink, status_every=status_every))
-        except BrokerError as e:
+        except (BrokerError, ConfigurationError) as e:
             raise fail(str(e))

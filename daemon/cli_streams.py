@@ -33,7 +33,8 @@ def flink(
     parallelism: int = typer.Option(None, min=1, help="operator parallelism (default 1)"),
     checkpoint_dir: str = typer.Option(None, help="checkpoint folder or URI (default <data_dir>/flink/<app>/checkpoints)"),
     checkpoint_interval: float = typer.Option(None, help="seconds between checkpoints (outputs commit then)"),
-    restore: str = typer.Option(None, help="start from this checkpoint/savepoint path, or 'latest'"),
+    restore: str = typer.Option(None, help="start from this checkpoint/savepoint path, 'latest', or 'auto' "
+                                           "(the latest if any, else fresh)"),
     delivery: str = typer.Option(None, help="exactly-once (default) or at-least-once"),
     group_id: str = typer.Option(None, help="Kafka consumer group of the sources"),
     python_executable: str = typer.Option(None, help="Python of the task managers (remote clusters)"),

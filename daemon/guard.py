@@ -77,6 +77,7 @@ class WindowVerdict:
     learner_version: int
     probe_entropy: float | None = None
     probe_divergence: float | None = None
+    standing_aside: bool = False  # nearly all flat at a reward >= 0: low entropy by choice, not collapse
     reasons: list[str] = field(default_factory=list)
 
     @property
@@ -170,11 +171,12 @@ class CollapseGuard:
             verdict.probe_entropy, verdict.probe_divergence = self._probe()
             self._last_probe = (verdict.probe_entropy, verdict.probe_divergence)
         c = self.cfg
-        if metrics.action_entropy < c.entropy_floor_bits:
+        verdict.standing_aside = self._standing_aside(metrics, groups)
+        if metrics.action_entropy < c.entropy_floor_bits and not verdict.standing_aside:
             verdict.reasons.append(f"action entropy {metrics.action_entropy:.2f} bits < floor {c.entropy_floor_bits:g}")
         if metrics.valid_share < c.valid_share_floor:
             verdict.reasons.append(f"valid share {metrics.valid_share:.2f} < floor {c.valid_share_floor:g}")
-        if metrics.zero_spread_share > c.zero_spread_ceiling:
+        if metrics.zero_spread_share > c.zero_spread_ceiling and not verdict.standing_aside:
             verdict.reasons.append(f"zero-spread share {metrics.zero_spread_share:.2f} "
                                    f"> ceiling {c.zero_spread_ceiling:g}")
         if c.divergence_ceiling is not None and verdict.probe_divergence is not None \
@@ -201,6 +203,17 @@ class CollapseGuard:
             actions = self._release(verdict, groups[-1])
         self._persist()
         return actions
+
+    def _standing_aside(self, metrics, groups: Sequence[GRPOGroup]) -> bool:
+        """Flat on nearly every valid candidate, and not losing: the policy declines to trade (what it
+        should learn when fees exceed its edge). Raising the temperature or pinning blocks would undo
+        exactly that, so such a window is not judged on entropy or spread."""
+        share = self.cfg.stand_aside_share
+        if share is None or not metrics.distribution:
+            return False
+        flat = sum(p for key, p in metrics.distribution.items() if key[0] == "flat")
+        rewards = [r for g in groups for r in g.rewards]
+        return flat >= share and bool(rewards) and sum(rewards) / len(rewards) >= 0
 
     def _probe(self) -> tuple[float, float | None]:
         """Action entropy of the probe set at the base temperature, and its divergence from the
@@ -307,14 +320,18 @@ class CollapseGuard:
 
     # -- state ----------------------------------------------------------------------------------
 
+    def _default_temperature(self) -> float:
+        base = getattr(self.policy, "base_temperature", None)  # ResidentPolicy: operator override or model's
+        return float(self.policy.state.config.temperature if base is None else base)
+
     def _temperature(self) -> float:
         t = self.policy.temperature
-        return float(self.policy.state.config.temperature if t is None else t)
+        return self._default_temperature() if t is None else float(t)
 
     def _base_temperature(self) -> float:
         if self.base is not None:
             t = self.base.get("temperature")
-            return float(self.policy.state.config.temperature if t is None else t)
+            return self._default_temperature() if t is None else float(t)
         return self._temperature()
 
     def _export(self, v: WindowVerdict) -> None:

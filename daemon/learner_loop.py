@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 
 from daemon import metrics, snapshots
 from daemon.eventlog import DeadLetterer, EventProducer
@@ -117,17 +117,7 @@ class LearnerLoop:
 
     async def send(self, topic_name: str, event) -> None:
         """Send, waiting out a broker outage: an applied step's updates must not be lost."""
-        delay = 0.1
-        while True:
-            try:
-                await self.producer.send(topic_name, event)
-                return
-            except KafkaError as e:
-                if not (e.retriable or isinstance(e, KafkaTimeoutError)):
-                    raise
-                log.warning("kafka unavailable; retrying", topic=topic_name, error=repr(e), retry_in_s=delay)
-                await asyncio.sleep(delay)  # backoff before the next attempt
-                delay = min(5.0, delay * 2)
+        await self.producer.send_retrying(topic_name, event)
 
     def refresh_checksums(self) -> None:
         """Recompute every block's checksum (at start, and after weights change outside a step)."""

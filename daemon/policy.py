@@ -17,10 +17,19 @@ from schemas import BlockUpdate, GRPOGroup
 
 
 class ResidentPolicy:
-    def __init__(self, state: LearnerState):
+    def __init__(self, state: LearnerState, default_temperature: float | None = None, default_top_p: float | None = None):
         self._state = state
         self._lock = threading.Lock()
-        self.temperature: float | None = None  # set by the collapse guard; None: the config's
+        self.temperature: float | None = None  # set by the collapse guard while it acts
+        # the operator's sampling overrides (``actor.temperature``/``actor.top_p``); None: the model's
+        self.default_temperature = default_temperature
+        self.default_top_p = default_top_p
+
+    @property
+    def base_temperature(self) -> float:
+        """The temperature sampling uses when the guard does not act."""
+        t = self.default_temperature
+        return float(self._state.config.temperature if t is None else t)
 
     @property
     def state(self) -> LearnerState:
@@ -34,8 +43,11 @@ class ResidentPolicy:
                     top_p: float | None = None) -> tuple[list[str], int]:
         with self._lock:
             version = self._state.policy_version
-            temp = temperature if temperature is not None else self.temperature
-            return sample(self._state, prompt, n=n, seed=seed, temperature=temp, top_p=top_p), version
+            # an explicit argument (probes) wins; then the guard's raised temperature; then the defaults
+            if temperature is None:
+                temperature = self.temperature if self.temperature is not None else self.default_temperature
+            top_p = self.default_top_p if top_p is None else top_p
+            return sample(self._state, prompt, n=n, seed=seed, temperature=temperature, top_p=top_p), version
 
     async def sample(self, prompt: str, n: int, seed: int, **kw) -> tuple[list[str], int]:
         return await asyncio.to_thread(self.sample_sync, prompt, n, seed, **kw)

@@ -90,7 +90,7 @@ class Daemon:
     async def start(self) -> None:
         s = self.s
         state, snap = await asyncio.to_thread(load_or_bootstrap, s)
-        self.policy = ResidentPolicy(state)
+        self.policy = ResidentPolicy(state, s.actor.temperature, s.actor.top_p)
         self.loaded_snapshot = snap
         offset = snapshots.snapshot_offsets(snap).get("learn.groups:0", 0)
         log.info("model loaded", snapshot=str(snap), policy_version=state.policy_version, offset=offset)
@@ -177,23 +177,10 @@ class Daemon:
         log.info("daemon stopped", final_snapshot=str(path), policy_version=self.policy.policy_version)
 
     async def _send(self, topic: str, event: Event, key: str | None = None) -> None:
-        """Queue an event for Kafka; while the broker is unreachable, wait and retry instead of
-        dropping it. The wait is backpressure: the stream that called stops reading (ccxt and the
-        replay/exchange buffer meanwhile), memory stays bounded, nothing acknowledged is lost."""
-        from aiokafka.errors import KafkaError, KafkaTimeoutError
-
-        delay = 0.1
-        while True:
-            try:
-                await self.producer.send(topic, event, key=key)
-                return
-            except KafkaError as e:
-                # a metadata wait that timed out is the broker being away, like a lost connection
-                if not (e.retriable or isinstance(e, KafkaTimeoutError)):
-                    raise
-                log.warning("kafka unavailable; retrying", topic=topic, error=repr(e), retry_in_s=delay)
-                await asyncio.sleep(delay)  # backoff before the next attempt
-                delay = min(5.0, delay * 2)
+        """Queue an event for Kafka, waiting out a broker outage (``EventProducer.send_retrying``):
+        the stream that called stops reading meanwhile (ccxt and the replay/exchange buffer),
+        memory stays bounded, nothing acknowledged is lost."""
+        await self.producer.send_retrying(topic, event, key=key)
 
     async def _emit(self, topic: str, event: Event) -> None:
         await self._send(topic, event)

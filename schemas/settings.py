@@ -71,6 +71,13 @@ class StreamsSettings(_Section):
     idle_tick_s: float = Field(0.25, gt=0, le=1.0, description="wall-clock timer closing idle windows")
     web_port: int = Field(0, ge=0, description="Faust web port; 0 picks a free one")
     market_window_s: float = Field(60.0, gt=0, description="how much book/trade history the state keeps")
+    batch_max: int = Field(2000, ge=1, le=100_000, description="records the worker handles per batch; "
+                           "each changed table key is written to its changelog once per batch")
+    batch_within_s: float = Field(0.05, gt=0, le=0.5, description="longest wait for a batch to fill")
+    stall_after_s: float = Field(10.0, gt=0, description="input waiting and none of it processed for this "
+                                 "long: the partition is stalled (logged, /readyz fails)")
+    stall_exit_s: float | None = Field(60.0, gt=0, description="a stall this long: /healthz fails and the "
+                                       "worker exits for its supervisor to restart it; null: never")
 
 
 class ExchangeSettings(_Section):
@@ -101,9 +108,10 @@ class ActorSettings(_Section):
     cadence_s: float = Field(2.0, gt=0)
     horizon_s: float = Field(5.0, gt=0)
     choose: Literal["sample", "argmax"] = "sample"
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    sample_steps: int = Field(8, ge=1)
+    # sampling overrides; None keeps the model's own (``learner`` config, saved in snapshots). The
+    # denoising schedule (sample_steps) is not here: it must align with the model's blocks.
+    temperature: float | None = Field(None, gt=0, description="sampling temperature; null: the model's")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling; null: the model's")
 
 
 class ExecutorSettings(_Section):
@@ -159,6 +167,10 @@ class GuardSettings(_Section):
     valid_share_floor: float = Field(0.5, ge=0, le=1,
                                      description="share of candidates that parse below this is unhealthy: the entropy "
                                                  "of a handful of valid actions among garbage means nothing")
+    stand_aside_share: float | None = Field(
+        0.9, gt=0, le=1, description="a window whose valid actions are at least this share flat, with a mean "
+        "reward >= 0, is a policy standing aside on purpose (e.g. fees exceed the edge), not a collapse: its "
+        "entropy and zero-spread are not held against it; null: judge it like any other window")
     divergence_ceiling: float | None = Field(
         None, ge=0, le=1, description="probe JS divergence (bits) above this is unhealthy; None: measure only")
     temperature_step: float = Field(0.25, gt=0)

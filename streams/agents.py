@@ -1,18 +1,26 @@
-"""The agents: each decodes nothing itself, calls one engine method and sends what it returns."""
+"""The agents: each decodes nothing itself, calls one engine method per record and sends what it
+returns. Records come in batches (``streams.batch_max`` / ``batch_within_s``): the engine works on
+write-behind views of the tables, flushed once per batch before the batch is acked, so a table
+key changed by a thousand records costs one changelog record, not a thousand."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import faust
 from faust.types import TP
 
+from schemas.settings import StreamsSettings
 from streams.engine import Emit, SymbolEngine, tick_record
+from streams.health import StallWatch, health
 from streams.topology import Topology
+from streams.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
+STALL_EXIT_CODE = 75  # EX_TEMPFAIL: try again
 
 
 async def _send(topo: Topology, emits: Iterable[Emit]) -> None:
@@ -36,45 +44,133 @@ def _guarded(engine: SymbolEngine, handle: Callable[..., list[Emit]], event: fau
                                    **_where(event))]
 
 
-def _caught_up(app: faust.App, tp: tuple[str, int]) -> bool | None:
-    """Has the consumer read everything of this partition? None when it cannot tell."""
+def _caught_up(app: faust.App, engine: SymbolEngine, tp: tuple[str, int]) -> bool | None:
+    """Has the engine *processed* everything of this partition? None when it cannot tell.
+
+    Faust's own read offset counts records fetched into the stream's buffer, which the agent may
+    not have seen yet (a stalled agent would then look idle and jump its clock ahead)."""
     consumer = app.consumer
     topic_partition = TP(*tp)
     try:
         high = consumer.highwater(topic_partition)
-        read = consumer._read_offset[topic_partition]  # faust keeps no public read position
         committed = consumer._committed_offset.get(topic_partition)  # next offset to read after a restart
     except (KeyError, AssertionError, AttributeError):
         return None
     if high is None:
         return None
-    if read is not None:
-        return read + 1 >= high
+    done = engine.processed.get(tuple(tp))
+    if done is not None:
+        return done + 1 >= high
     return None if committed is None else committed >= high
 
 
-def register(app: faust.App, topo: Topology, engine: SymbolEngine, tick_s: float) -> None:
+def handle_batch(engine: SymbolEngine, views: Sequence[WriteBehind], events: Sequence[faust.EventT],
+                 pick: Callable[[faust.EventT], Callable[..., list[Emit]]], **kw: object) -> list[Emit]:
+    """Run one batch through the engine; its table changes wait in ``views`` until flushed."""
+    out: list[Emit] = []
+    for event in events:
+        for v in views:
+            v.event = event
+        out.extend(_guarded(engine, pick(event), event, **kw))
+    for v in views:
+        v.event = None
+    return out
+
+
+def register(app: faust.App, topo: Topology, engine: SymbolEngine, views: Sequence[WriteBehind],
+             conf: StreamsSettings) -> None:
     internal = topo.internal.get_topic_name()
 
     @app.agent(topo.actions, name="route-actions")
     async def route_actions(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await _send(topo, _guarded(engine, engine.route_action, event))
+        async for events in stream.take_events(conf.batch_max, within=conf.batch_within_s):
+            await _send(topo, handle_batch(engine, (), events, lambda e: engine.route_action))
+            await app.producer.flush()  # delivered before the batch is acked (see symbols)
+
+    def pick(event: faust.EventT) -> Callable[..., list[Emit]]:
+        return engine.on_internal if event.message.topic == internal else engine.on_market
 
     @app.agent(topo.symbol_inputs, name="symbols")
     async def symbols(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            handle = engine.on_internal if event.message.topic == internal else engine.on_market
-            await _send(topo, _guarded(engine, handle, event, wall_ns=time.time_ns()))
+        async for events in stream.take_events(conf.batch_max, within=conf.batch_within_s):
+            # Order is what makes a kill -9 safe (the batch is acked when this body returns, and
+            # its offsets committed after that): first the outputs, delivered; then the table
+            # changes that record them as done (closed groups, scored candidates), delivered.
+            # Killed in between, the restart replays the batch and sends the same outputs again
+            # (same event ids: consumers dedupe); the other order could record a group as closed
+            # whose record never reached the broker, and it would be lost.
+            await _send(topo, handle_batch(engine, views, events, pick, wall_ns=time.time_ns()))
+            await app.producer.flush()
+            for v in views:
+                v.flush()
+            await app.producer.flush()
 
     ready: list[bool] = []
+    watch = StallWatch(conf.stall_after_s)
+    stalled: dict = {}
+    last_report = [0.0]
 
-    @app.timer(interval=tick_s)
+    def _highwater(tp: tuple[str, int]) -> int | None:
+        return app.consumer.highwater(TP(*tp))
+
+    @app.timer(interval=conf.idle_tick_s)
     async def close_idle_windows() -> None:
         # ticks go through the partition that owns the symbol, so only its agent touches state
         if app.tables.recovery.completed.is_set():
             if not ready:
                 ready.append(True)
                 print("streams worker ready", flush=True)  # supervisors and tests wait for this line
-            for symbol, sk, now in engine.idle_due(time.time_ns(), caught_up=lambda tp: _caught_up(app, tp)):
+            stalled.clear()
+            stalled.update(watch.observe(dict(engine.processed), _highwater, time.monotonic()))
+            if stalled:
+                _report_stall(app, stalled, last_report, conf.stall_exit_s)
+            for symbol, sk, now in engine.idle_due(time.time_ns(), caught_up=lambda tp: _caught_up(app, engine, tp)):
                 await topo.internal.send(key=symbol.encode(), value=tick_record(sk, now))
+
+    @app.page("/healthz")
+    async def healthz(web, request):  # noqa: ANN001 - faust's view signature
+        status, body, _, _ = health(bool(ready), stalled, conf.stall_exit_s)
+        return web.json(body, status=status)
+
+    @app.page("/readyz")
+    async def readyz(web, request):  # noqa: ANN001
+        _, _, status, body = health(bool(ready), stalled, conf.stall_exit_s)
+        return web.json(body, status=status)
+
+
+def _report_stall(app: faust.App, stalled: dict, last_report: list[float], exit_after_s: float | None) -> None:
+    """Say what the consumer looks like while a partition is stuck; exit once it is stuck too long."""
+    now = time.monotonic()
+    if now - last_report[0] >= 10:
+        last_report[0] = now
+        c = app.consumer
+        log.warning("streams worker stalled: %s read=%s paused=%s buffered=%s flow_active=%s app_flow=%s "
+                    "producer_buffer=%s fetch=%s", stalled, {tp: c._read_offset.get(TP(*tp)) for tp in stalled},
+                    sorted(tp for tp in map(tuple, c._paused_partitions) if tp in stalled),
+                    c._buffered_partitions, c.flow_active, app.flow_control.is_active(), app.producer.buffer.size,
+                    _fetch_state(c, stalled))
+    worst = max(s["stuck_s"] for s in stalled.values())
+    if exit_after_s is not None and worst >= exit_after_s:
+        # at-least-once: a restart resumes from the committed offsets and loses nothing (the same
+        # path as a kill -9, which the tests exercise); outputs are deduplicated by event_id
+        log.error("streams worker stalled for %.0f s: exiting for the supervisor to restart it", worst)
+        logging.shutdown()
+        os._exit(STALL_EXIT_CODE)
+
+
+def _fetch_state(consumer, tps) -> dict:
+    """aiokafka's view of the stuck partitions (private attributes: diagnostics only)."""
+    try:
+        from aiokafka.structs import TopicPartition
+
+        ak = consumer._thread._ensure_consumer()
+        out = {}
+        for tp in tps:
+            st = ak._subscription.subscription.assignment.state_value(TopicPartition(*tp))
+            rec = ak._fetcher._records.get(TopicPartition(*tp))
+            out[tp] = dict(position=st._position, status=str(st._status), paused=st.paused, highwater=st.highwater,
+                           records=type(rec).__name__ if rec is not None else None,
+                           in_flight=sorted(ak._fetcher._in_flight))
+        return out
+    except Exception as e:  # noqa: BLE001 - a diagnostic must never take the worker down
+        return {"unavailable": repr(e)}

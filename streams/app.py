@@ -86,7 +86,10 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
-        broker_max_poll_records=5000,
+        broker_max_poll_records=2000,
+        # room for a few fetches beyond a batch: a full stream queue sends faust's conductor down a
+        # slow path (a task per record) and the fetcher pauses the partition until it drains
+        stream_buffer_maxsize=16384,
         web_port=settings.streams.web_port or _free_port(),
         web_host="127.0.0.1",
         autodiscover=False,
@@ -103,7 +106,8 @@ def build(settings: Settings, bootstrap: str) -> faust.App:
                                             BY_NAME["market.events"].partitions))
     app = create_app(settings, bootstrap, partitions)
     topo = topology.declare(app, settings, partitions)
-    agents.register(app, topo, topology.engine_for(topo, settings), settings.streams.idle_tick_s)
+    engine, views = topology.engine_for(topo, settings)
+    agents.register(app, topo, engine, views, settings.streams)
     return app
 
 

@@ -139,6 +139,9 @@ class SymbolEngine:
         self.source = source
         self.counters: dict[str, int] = {}
         self.tps: dict[str, tuple[str, int]] = {}  # sk -> market (topic, partition), for lag checks
+        # market (topic, partition) -> highest offset *processed* here; a consumer's read position
+        # runs ahead of it by whatever sits in the stream's buffer, which is not caught up
+        self.processed: dict[tuple[str, int], int] = {}
 
     # ---- inputs -------------------------------------------------------------------------
     def route_action(self, raw: bytes | None, *, topic: str, partition: int = -1,
@@ -155,6 +158,8 @@ class SymbolEngine:
 
     def on_market(self, raw: bytes | None, *, topic: str, partition: int = -1, offset: int = -1,
                   wall_ns: int) -> list[Emit]:
+        if offset > self.processed.get((topic, partition), -1):
+            self.processed[(topic, partition)] = offset
         try:
             ev = decode(raw)
         except DecodeError as e:

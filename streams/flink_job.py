@@ -68,7 +68,7 @@ class JobConfig:
     parallelism: int | None = None  # None: 1 on the local mini-cluster, the cluster's default elsewhere
     checkpoint_interval_s: float = 5.0
     checkpoint_dir: Path | str = Path(".eigenloop/flink/checkpoints")  # a folder, or a URI (s3://...)
-    restore: str | None = None  # a checkpoint/savepoint path, or "latest" under checkpoint_dir
+    restore: str | None = None  # a checkpoint/savepoint path, "latest" under checkpoint_dir, or "auto"
     delivery: str = "exactly-once"
     out_of_orderness_s: float = 1.0
     idle_timeout_s: float = 2.0
@@ -134,6 +134,19 @@ def connector_jar(choice: str | None = None) -> str | None:
 def _uri(path: Path | str) -> str:
     """A checkpoint location as a URI: s3://..., hdfs://... as given, a local path as file://."""
     return str(path) if "://" in str(path) else Path(path).resolve().as_uri()
+
+
+def restore_path(cfg: "JobConfig") -> Path | str | None:
+    """Where the job starts from: ``--restore`` as given, ``latest`` (an error when there is none),
+    or ``auto`` (the latest when there is one, else a fresh start: what a supervisor restarts)."""
+    if not cfg.restore:
+        return None
+    if cfg.restore not in ("latest", "auto"):
+        return cfg.restore
+    path = latest_checkpoint(Path(cfg.checkpoint_dir))
+    if path is None and cfg.restore == "latest":
+        raise SystemExit(f"--restore latest: no completed checkpoint under {cfg.checkpoint_dir}")
+    return path
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -221,10 +234,8 @@ def flink_configuration(cfg: JobConfig):
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
     conf.set_string("execution.checkpointing.num-retained", "2")
     conf.set_string("state.backend.type", "hashmap")
-    if cfg.restore:
-        path = latest_checkpoint(Path(cfg.checkpoint_dir)) if cfg.restore == "latest" else cfg.restore
-        if path is None:
-            raise SystemExit(f"--restore latest: no completed checkpoint under {cfg.checkpoint_dir}")
+    path = restore_path(cfg)
+    if path is not None:
         conf.set_string("execution.state-recovery.path", _uri(path))
         print(f"restoring from {path}", flush=True)
     if cfg.jobmanager:
@@ -295,7 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallelism", type=int)
     p.add_argument("--checkpoint-dir", help="folder or URI (s3://..., hdfs://...) of the checkpoints")
     p.add_argument("--checkpoint-interval", type=float, dest="checkpoint_interval_s")
-    p.add_argument("--restore", help="checkpoint or savepoint path to start from, or 'latest'")
+    p.add_argument("--restore", help="checkpoint or savepoint path to start from, 'latest', or 'auto' "
+                                      "(the latest if there is one, else a fresh start)")
     p.add_argument("--delivery", choices=["exactly-once", "at-least-once"])
     p.add_argument("--group-id")
     p.add_argument("--python-executable", help="the Python of the task managers (remote clusters)")

@@ -122,7 +122,7 @@ class LoopDriver:
             actor.on_market_event(sym, ev.exchange, ev.ts_event)
             # the actor's run task would pop this; driving it inline keeps every decision (no
             # "model busy" skips) and makes the run deterministic
-            d = actor._pending.pop(sym, None)
+            d = actor.take_due(sym)
             if d is None:
                 continue
             t = time.perf_counter()

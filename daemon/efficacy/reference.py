@@ -39,7 +39,7 @@ def actor_instants(events: list, cadence_s: float) -> list[int]:
     for ev in events:
         context.observe(ev)
         actor.on_market_event(ev.symbol, ev.exchange, ev.ts_event)
-        d = actor._pending.pop(ev.symbol, None)
+        d = actor.take_due(ev.symbol)
         if d is not None:
             out.append(d.t0_ns)
     return out

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaProducer
 
 from daemon.eventlog import metrics
@@ -18,6 +19,8 @@ from daemon.eventlog.connection import client_kwargs, topic
 from schemas import Event, encode
 from schemas.settings import Settings
 from schemas.topics import BY_NAME
+
+log = structlog.get_logger(__name__)
 
 
 class EventProducer:
@@ -82,6 +85,24 @@ class EventProducer:
             tracker = self._trackers[name] = _Delivery(name)
         fut.add_done_callback(tracker)
         return fut
+
+    async def send_retrying(self, base_topic: str, event: Event, *, key: str | None = None,
+                            max_delay_s: float = 5.0) -> asyncio.Future:
+        """``send``, waiting out a broker outage instead of failing: retriable errors (and a metadata
+        wait that timed out, which is the broker being away too) are retried with backoff. The
+        wait is backpressure on the caller; nothing it handed over is dropped."""
+        from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+        delay = 0.1
+        while True:
+            try:
+                return await self.send(base_topic, event, key=key)
+            except KafkaError as e:
+                if not (e.retriable or isinstance(e, KafkaTimeoutError)):
+                    raise
+                log.warning("kafka unavailable; retrying", topic=base_topic, error=repr(e), retry_in_s=delay)
+                await asyncio.sleep(delay)  # backoff before the next attempt
+                delay = min(max_delay_s, delay * 2)
 
     async def send_and_wait(self, base_topic: str, event: Event, **kw: Any) -> Any:
         return await (await self.send(base_topic, event, **kw))

@@ -6,7 +6,11 @@ import subprocess
 from pathlib import Path
 
 from schemas.settings import KafkaSettings, Settings
-from streams.flink_job import from_settings, latest_checkpoint, sink_ddl, source_ddl
+import pytest
+
+from daemon import cli_run, cli_streams
+from schemas.settings import StreamsSettings
+from streams.flink_job import from_settings, latest_checkpoint, restore_path, sink_ddl, source_ddl
 from flink_harness import EIGENLOOP, REPO
 
 
@@ -57,3 +61,26 @@ def test_cli_rejects_bad_options_in_one_line():
         proc = subprocess.run([str(EIGENLOOP), "streams", "flink", *args], cwd=REPO, capture_output=True, text=True,
                               env={"PATH": "/usr/bin:/bin", "EIGENLOOP_KAFKA__BOOTSTRAP": "127.0.0.1:9"}, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_restore_auto_takes_the_latest_checkpoint_or_starts_fresh(tmp_path: Path):
+    assert restore_path(_cfg(checkpoint_dir=str(tmp_path), restore="auto")) is None
+    with pytest.raises(SystemExit, match="no completed checkpoint"):
+        restore_path(_cfg(checkpoint_dir=str(tmp_path), restore="latest"))
+    (tmp_path / "j" / "chk-2").mkdir(parents=True)
+    (tmp_path / "j" / "chk-2" / "_metadata").write_bytes(b"x")
+    for mode in ("auto", "latest"):
+        assert restore_path(_cfg(checkpoint_dir=str(tmp_path), restore=mode)) == tmp_path / "j" / "chk-2"
+    assert restore_path(_cfg(checkpoint_dir=str(tmp_path), restore="/sp/savepoint-1")) == "/sp/savepoint-1"
+    assert restore_path(_cfg(checkpoint_dir=str(tmp_path))) is None
+
+
+def test_eigenloop_run_supervises_the_flink_job_when_the_engine_is_flink(monkeypatch):
+    faust = Settings(streams=StreamsSettings(engine="faust"))
+    flink = Settings(streams=StreamsSettings(engine="flink"))
+    assert cli_run.streams_command(faust) == ["streams", "worker"]
+    monkeypatch.setattr(cli_streams, "_flink_python", lambda: "/opt/flink-venv/bin/python")
+    assert cli_run.streams_command(flink) == ["streams", "flink", "--local", "--restore", "auto"]
+    monkeypatch.setattr(cli_streams, "_flink_python", lambda: None)
+    with pytest.raises(cli_run.ConfigurationError, match="make flink-setup"):
+        cli_run.streams_command(flink)

@@ -176,3 +176,36 @@ def test_pinning_restores_only_the_offending_blocks(tmp_path: Path):
 def test_config_is_validated(kw):
     with pytest.raises(ValueError):
         GuardConfig(**kw)
+
+
+def _all(completion: str, reward: float, version: int = 0) -> GRPOGroup:
+    i = next(_counter)
+    return GRPOGroup(group_id=f"a{i}", symbol="X", policy_version=version, prompt="M X r1=+1>",
+                     completions=[completion] * 8, candidate_indices=list(range(8)), rewards=[reward] * 8,
+                     advantages=[0.0] * 8, group_size=8, status="skipped", skip_reason="zero_spread", ts_event=T0 + i)
+
+
+def test_a_policy_standing_aside_is_not_a_collapse():
+    # all flat at reward 0 (fees above the edge: not trading is right) -> healthy, no action
+    policy = ResidentPolicy(small_state())
+    guard = CollapseGuard(config(), policy)
+    assert feed(guard, lambda v: _all("flat 0 h5", 0.0, v), windows=4) == []
+    assert all(w.healthy and w.standing_aside for w in guard.windows) and policy.temperature is None
+    # the same single-action window on a side that trades is judged a collapse and acted on
+    guard = CollapseGuard(config(), ResidentPolicy(small_state()))
+    acts = feed(guard, lambda v: _all("short 1 h5", 0.0, v), windows=2)
+    assert [a.action for a in acts] == ["raise_temperature"] and not guard.windows[-1].standing_aside
+    # flat but losing (invalid penalties aside, a 90 % flat window whose trades lose) is no excuse
+    guard = CollapseGuard(config(stand_aside_share=0.5), ResidentPolicy(small_state()))
+
+    def mostly_flat_losing(v):
+        i = next(_counter)
+        comps = ["flat 0 h5"] * 7 + ["long 1 h5"]
+        return GRPOGroup(group_id=f"m{i}", symbol="X", policy_version=v, prompt="M X r1=+1>", completions=comps,
+                         candidate_indices=list(range(8)), rewards=[0.0] * 7 + [-1.0],
+                         advantages=[0.125] * 7 + [-0.875], group_size=8, ts_event=T0 + i)
+    feed(guard, mostly_flat_losing, windows=2)
+    assert guard.windows and not any(w.standing_aside for w in guard.windows)
+    # switched off: all flat is judged like any other window
+    guard = CollapseGuard(config(stand_aside_share=None), ResidentPolicy(small_state()))
+    assert [a.action for a in feed(guard, lambda v: _all("flat 0 h5", 0.0, v), windows=2)] == ["raise_temperature"]

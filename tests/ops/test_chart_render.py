@@ -219,6 +219,17 @@ def test_live_trading_needs_both_locks():
         render_values({"daemon": {"liveTrading": {"enabled": True}}})
 
 
+def test_streams_worker_probes_use_its_health_pages(scenario):
+    _, r = scenario
+    deps = {d["metadata"]["name"] for d in r.kind("Deployment")}
+    if "eigenloop-streams" not in deps:
+        return  # the Flink scenario replaces the worker
+    (c,) = r.get("Deployment", "eigenloop-streams")["spec"]["template"]["spec"]["containers"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "faust-web"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "faust-web"}
+    assert "faust-web" in {p["name"] for p in c["ports"]}
+
+
 def test_streams_replicas_never_exceed_partitions():
     assert render_values({"streams": {"replicas": 6}}).get("Deployment", "eigenloop-streams")["spec"]["replicas"] == 6
     with pytest.raises(Exception, match=r"streams.replicas=7 is more than the 6 partitions"):

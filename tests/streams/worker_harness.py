@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -40,8 +41,13 @@ class Worker:
         return self
 
     def _pump(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            self.lines.append(line)
+        echo = os.environ.get("EIGENLOOP_WORKER_ECHO")  # a file to copy the worker's output to (debugging)
+        with open(echo, "a") if echo else contextlib.nullcontext() as out:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                self.lines.append(line)
+                if out is not None:
+                    out.write(line)
+                    out.flush()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
