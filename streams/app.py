@@ -86,6 +86,9 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # heartbeats come from the consumer's own thread, so a long batch does not miss them
+        broker_session_timeout=settings.streams.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.streams.session_timeout_s / 5),
         broker_max_poll_records=2000,
         # room for a few fetches beyond a batch: a full stream queue sends faust's conductor down a
         # slow path (a task per record) and the fetcher pauses the partition until it drains

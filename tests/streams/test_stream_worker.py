@@ -140,7 +140,7 @@ def test_kill9_and_restart_loses_no_group_and_duplicates_only_by_event_id(kafka_
 
         async def all_groups():
             async with Collector(s, ["learn.groups", "agent.outcomes"]) as c:
-                ok = await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= set(want_g), timeout=120)
+                ok = await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= set(want_g), timeout=300)
                 return ok, c
 
         ok, c = run(all_groups())
