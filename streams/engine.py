@@ -203,8 +203,11 @@ class SymbolEngine:
         sk = self._action_key(action)
         if not self._add_action(sk, action, wall_ns):
             return []
-        # candidates never advance event time: in catch-up they can run ahead of the market data
-        self.clock.seed(sk, action.ts_event, wall_ns)
+        # candidates never advance event time: in catch-up they can run ahead of the market data.
+        # An unseen symbol (a restart) starts at its last stored quote; at the candidate's t0 it
+        # would score restored candidates on a book still missing the quotes to be replayed. Only
+        # a symbol with no stored book at all starts at t0 (so idle handling has a reference).
+        self.clock.seed(sk, self._last_quote_ts(sk) or action.ts_event, wall_ns)
         return self._resolve(sk, self.clock.watermark(sk), wall_ns)
 
     def idle_due(self, wall_ns: int, caught_up: Callable[[tuple[str, int]], bool | None] | None = None,

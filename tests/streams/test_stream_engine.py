@@ -79,6 +79,31 @@ def test_replayed_input_after_restart_is_idempotent(shared_data):
         assert comparable(g) == comparable(want[gid])
 
 
+def test_a_candidate_first_after_a_restart_does_not_score_restored_ones_early(shared_data):
+    events = market_events(shared_data, seconds=30)
+    actions = make_actions(events, every_s=3.0, group_size=3)  # no invalid candidate (scored at t0)
+    reward, groups = RewardConfig(), GroupConfig(group_size=3, grace_s=1.0)
+    eng = _engine(reward, groups)
+    # the market up to just after the first group's t0 is in the state; its candidates are pending
+    t_cut = actions[0].ts_event + S // 2
+    before = [e for e in events if e.ts_event <= t_cut]
+    out = _run(eng, before, [a for a in actions if a.ts_event <= t_cut])
+    assert not any(e.topic == "agent.outcomes" for e in out) and eng.pending
+    # restart (fresh clock); a later candidate is delivered before any market record
+    eng2 = SymbolEngine(reward, groups, book=eng.book, trades=eng.trades, index=eng.index, pending=eng.pending,
+                        agenda=eng.agenda, closed=eng.closed)
+    later = next(a for a in actions if a.ts_event > actions[0].ts_event + 6 * S)
+    (routed,) = eng2.route_action(encode(later), topic="agent.actions")
+    early = eng2.on_internal(routed.value, topic="internal", wall_ns=later.ts_event)
+    assert early == [], "restored candidates were scored before their quotes were replayed"
+    # the rest of the market arrives: everything is scored on the full path
+    rest = _run(eng2, [e for e in events if e.ts_event > t_cut], [])
+    _, want = expected(events, actions, reward, groups)
+    got = {decode(e.value).group_id: decode(e.value) for e in rest if e.topic == "learn.groups"}
+    assert actions[0].group_id in got
+    assert comparable(got[actions[0].group_id]) == comparable(want[actions[0].group_id])
+
+
 def test_malformed_and_out_of_schema_input_is_dead_lettered():
     eng = _engine(RewardConfig(), GroupConfig())
     (dl,) = eng.on_market(b"{not json", topic="t.market.events", partition=1, offset=7, wall_ns=0)
