@@ -43,13 +43,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def prepare_topics(bootstrap: str, market: str, internal: str, default: int) -> int:
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """``kafka.security_protocol`` / SASL / CA file as Faust credentials (the same settings the
+    producers and consumers of the daemon use, see ``daemon.eventlog.connection``)."""
+    k = settings.kafka
+    ssl_context = None
+    if k.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=k.ssl_cafile)
+    if k.security_protocol.startswith("SASL"):
+        if not k.sasl_mechanism or not k.sasl_username:
+            raise ValueError(f"kafka.security_protocol={k.security_protocol} needs kafka.sasl_mechanism "
+                             "and kafka.sasl_username (and kafka.sasl_password)")
+        return faust.SASLCredentials(username=k.sasl_username, mechanism=k.sasl_mechanism, ssl_context=ssl_context,
+                                     password=k.sasl_password.get_secret_value() if k.sasl_password else None)
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+async def prepare_topics(client_kw: dict, market: str, internal: str, default: int) -> int:
     """Partitions of ``market`` (``default`` if absent), and the internal re-keying topic created
-    with the same count: co-partitioning is what keeps a symbol's state on one worker."""
+    with the same count: co-partitioning is what keeps a symbol's state on one worker.
+    ``client_kw``: aiokafka client arguments (``daemon.eventlog.connection.client_kwargs``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    client = AIOKafkaClient(**client_kw)
     await client.bootstrap()
     try:
         cluster = await client.fetch_all_metadata()
@@ -57,7 +78,7 @@ async def prepare_topics(bootstrap: str, market: str, internal: str, default: in
     finally:
         await client.close()
     partitions = len(parts) if parts else default
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_kw)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(internal, partitions, 1)])
@@ -77,6 +98,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App
     return faust.App(
         app_id,
         broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",  # changelog-backed; recovered from Kafka on start
         datadir=str(datadir),
         key_serializer="raw",
@@ -105,7 +127,10 @@ def build(settings: Settings, bootstrap: str) -> faust.App:
     from streams import agents, topology
 
     market = topic_name("market.events", settings.kafka.topic_prefix)
-    partitions = asyncio.run(prepare_topics(bootstrap, market, topology.internal_topic(settings),
+    from daemon.eventlog.connection import client_kwargs
+
+    client_kw = {**client_kwargs(settings), "bootstrap_servers": bootstrap}
+    partitions = asyncio.run(prepare_topics(client_kw, market, topology.internal_topic(settings),
                                             BY_NAME["market.events"].partitions))
     app = create_app(settings, bootstrap, partitions)
     topo = topology.declare(app, settings, partitions)
