@@ -145,17 +145,19 @@ class SymbolProcess(KeyedProcessFunction):
         emits: list[Emit] = []
         if self._idle_timer.get(key) == timestamp:
             del self._idle_timer[key]
-        # Event time for this symbol: the job's watermark (all inputs, idle partitions aside),
-        # the engine's own per-symbol clock (inside on_internal), and, only once its market
-        # partition is read to the end and the symbol has gone silent, the engine's estimate. The engine decides what is
-        # due and what has expired (window over *and* grace_s of wall time since the last
-        # candidate), so ticking every pending symbol on each timer is safe.
-        watermark = timers.current_watermark()
-        now = watermark * _MS if watermark > 0 else 0
+        # Event time for this symbol: the engine's own clock (its market data's watermark, inside
+        # on_internal) and, only once its market partition is read to the end and the symbol has
+        # gone silent, the engine's idle estimate: the same two the Faust worker ticks with. Not
+        # the job's watermark: it spans all inputs, and when the market partition is briefly
+        # marked idle (a slow source) the candidates, which run ahead in catch-up, carry it past
+        # quotes not yet read, and outcomes were scored on a book missing them (the parity test
+        # caught it under load). The job's watermark only decides when this timer fires. The
+        # engine decides what is due and what has expired (window over *and* grace_s of wall
+        # time since the last candidate), so ticking every pending symbol on each timer is safe.
         for sk, _entry in engine.agenda.items():
             tp = engine.tps.get(sk) or engine._persisted_tp(sk)  # (persisted: after a restart, as idle_due)
             idle = engine.clock.idle_now(sk, wall, caught_up=True) if tp and self._caught_up(tp) else None
-            emits += engine.on_internal(tick_record(sk, max(now, idle or 0)), topic="timer", wall_ns=wall)
+            emits += engine.on_internal(tick_record(sk, idle or 0), topic="timer", wall_ns=wall)
         yield from self._emit(emits)
         self._schedule(timers, key, wall)
 
