@@ -71,9 +71,6 @@ class StreamsSettings(_Section):
     idle_tick_s: float = Field(0.25, gt=0, le=1.0, description="wall-clock timer closing idle windows")
     web_port: int = Field(0, ge=0, description="Faust web port; 0 picks a free one")
     market_window_s: float = Field(60.0, gt=0, description="how much book/trade history the state keeps")
-    batch_max: int = Field(2000, ge=1, le=100_000, description="records the worker handles per batch; "
-                           "each changed table key is written to its changelog once per batch")
-    batch_within_s: float = Field(0.05, gt=0, le=0.5, description="longest wait for a batch to fill")
     session_timeout_s: float = Field(15.0, ge=6, le=300, description="consumer-group session timeout: how soon "
                                      "a killed worker's partitions move to a live one (the broker's minimum is 6 s)")
     stall_after_s: float = Field(10.0, gt=0, description="input waiting and none of it processed for this "

@@ -1,14 +1,12 @@
 """The agents: each decodes nothing itself, calls one engine method per record and sends what it
-returns. Records come in batches (``streams.batch_max`` / ``batch_within_s``): the engine works on
-write-behind views of the tables, flushed once per batch before the batch is acked, so a table
-key changed by a thousand records costs one changelog record, not a thousand."""
+returns; the timer closes idle windows and watches for stalled input (``streams.health``)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import faust
 from faust.types import TP
@@ -17,7 +15,6 @@ from schemas.settings import StreamsSettings
 from streams.engine import Emit, SymbolEngine, tick_record
 from streams.health import StallWatch, health
 from streams.topology import Topology
-from streams.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 STALL_EXIT_CODE = 75  # EX_TEMPFAIL: try again
@@ -64,54 +61,48 @@ def _caught_up(app: faust.App, engine: SymbolEngine, tp: tuple[str, int]) -> boo
     return None if committed is None else committed >= high
 
 
-def handle_batch(engine: SymbolEngine, views: Sequence[WriteBehind], events: Sequence[faust.EventT],
-                 pick: Callable[[faust.EventT], Callable[..., list[Emit]]], **kw: object) -> list[Emit]:
-    """Run one batch through the engine; its table changes wait in ``views`` until flushed."""
-    out: list[Emit] = []
-    for event in events:
-        for v in views:
-            v.event = event
-        out.extend(_guarded(engine, pick(event), event, **kw))
-    for v in views:
-        v.event = None
-    return out
-
-
-def register(app: faust.App, topo: Topology, engine: SymbolEngine, views: Sequence[WriteBehind],
-             conf: StreamsSettings) -> None:
+def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: StreamsSettings) -> None:
     internal = topo.internal.get_topic_name()
 
     @app.agent(topo.actions, name="route-actions")
     async def route_actions(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(conf.batch_max, within=conf.batch_within_s):
-            await _send(topo, handle_batch(engine, (), events, lambda e: engine.route_action))
-            await app.producer.flush()  # delivered before the batch is acked (see symbols)
-
-    def pick(event: faust.EventT) -> Callable[..., list[Emit]]:
-        return engine.on_internal if event.message.topic == internal else engine.on_market
+        async for event in stream.events():
+            await _send(topo, _guarded(engine, engine.route_action, event))
 
     @app.agent(topo.symbol_inputs, name="symbols")
     async def symbols(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(conf.batch_max, within=conf.batch_within_s):
-            # Order is what makes a kill -9 safe (the batch is acked when this body returns, and
-            # its offsets committed after that): first the outputs, delivered; then the table
-            # changes that record them as done (closed groups, scored candidates), delivered.
-            # Killed in between, the restart replays the batch and sends the same outputs again
-            # (same event ids: consumers dedupe); the other order could record a group as closed
-            # whose record never reached the broker, and it would be lost.
-            await _send(topo, handle_batch(engine, views, events, pick, wall_ns=time.time_ns()))
-            await app.producer.flush()
-            for v in views:
-                v.flush()
-            await app.producer.flush()
+        # One record at a time, tables written through. A batched version (write-behind views,
+        # one changelog record per key per batch) was tried and lost groups across kill -9 in
+        # the stricter kill test; see the issue note.
+        async for event in stream.events():
+            handle = engine.on_internal if event.message.topic == internal else engine.on_market
+            await _send(topo, _guarded(engine, handle, event, wall_ns=time.time_ns()))
 
     ready: list[bool] = []
     watch = StallWatch(conf.stall_after_s)
     stalled: dict = {}
     last_report = [0.0]
 
+    ends: dict = {}  # the broker's end offsets, asked every stall_after_s / 2
+    asked = [0.0]
+
     def _highwater(tp: tuple[str, int]) -> int | None:
-        return app.consumer.highwater(TP(*tp))
+        # the consumer's high watermark only moves with its fetches, so a consumer that stopped
+        # fetching looks caught up by it: the broker's end offset tells the truth
+        local = app.consumer.highwater(TP(*tp))
+        return max((v for v in (local, ends.get(tp)) if v is not None), default=None)
+
+    async def _refresh_ends() -> None:
+        now = time.monotonic()
+        if now - asked[0] < conf.stall_after_s / 2 or not engine.processed:
+            return
+        asked[0] = now
+        try:
+            got = await app.consumer.highwaters(*(TP(*tp) for tp in engine.processed))
+        except Exception as e:  # noqa: BLE001 - a failed probe leaves the last answer in place
+            log.warning("end offsets unavailable: %r", e)
+            return
+        ends.update({(tp.topic, tp.partition): off for tp, off in got.items() if off is not None})
 
     @app.timer(interval=conf.idle_tick_s)
     async def close_idle_windows() -> None:
@@ -120,6 +111,7 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, views: Sequen
             if not ready:
                 ready.append(True)
                 print("streams worker ready", flush=True)  # supervisors and tests wait for this line
+            await _refresh_ends()
             stalled.clear()
             stalled.update(watch.observe(dict(engine.processed), _highwater, time.monotonic()))
             if stalled:

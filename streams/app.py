@@ -134,8 +134,7 @@ def build(settings: Settings, bootstrap: str) -> faust.App:
                                             BY_NAME["market.events"].partitions))
     app = create_app(settings, bootstrap, partitions)
     topo = topology.declare(app, settings, partitions)
-    engine, views = topology.engine_for(topo, settings)
-    agents.register(app, topo, engine, views, settings.streams)
+    agents.register(app, topo, topology.engine_for(topo, settings), settings.streams)
     return app
 
 

@@ -23,7 +23,6 @@ import faust
 from schemas.settings import Settings
 from schemas.topics import topic_name
 from streams.engine import SymbolEngine
-from streams.write_behind import WriteBehind
 
 BUCKET_S = 1.0
 
@@ -70,13 +69,9 @@ def declare(app: faust.App, settings: Settings, partitions: int) -> Topology:
     )
 
 
-def engine_for(topo: Topology, settings: Settings) -> tuple[SymbolEngine, list[WriteBehind]]:
-    """The engine over write-behind views of the tables (flushed once per batch by the agents)."""
-    views = {name: WriteBehind(t) for name, t in (("book", topo.book.table), ("trades", topo.trades.table),
-                                                  ("index", topo.index), ("pending", topo.pending),
-                                                  ("agenda", topo.agenda), ("closed", topo.closed))}
-    engine = SymbolEngine(
-        settings.reward, settings.groups, **views, bucket_s=BUCKET_S,
+def engine_for(topo: Topology, settings: Settings) -> SymbolEngine:
+    return SymbolEngine(
+        settings.reward, settings.groups, book=topo.book.table, trades=topo.trades.table, index=topo.index,
+        pending=topo.pending, agenda=topo.agenda, closed=topo.closed, bucket_s=BUCKET_S,
         market_window_s=settings.streams.market_window_s, idle_after_s=settings.streams.idle_tick_s,
     )
-    return engine, list(views.values())
