@@ -44,20 +44,18 @@ def _free_port() -> int:
 
 
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    """``kafka.security_protocol`` / SASL / CA file as Faust credentials (the same settings the
-    producers and consumers of the daemon use, see ``daemon.eventlog.connection``)."""
-    k = settings.kafka
-    ssl_context = None
-    if k.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
+    """``kafka.*`` security as Faust credentials: the aiokafka arguments every other client gets
+    (``daemon.eventlog.connection.security_kwargs``), in the shape Faust hands back to aiokafka."""
+    from daemon.eventlog.connection import security_kwargs
 
-        ssl_context = create_ssl_context(cafile=k.ssl_cafile)
-    if k.security_protocol.startswith("SASL"):
-        if not k.sasl_mechanism or not k.sasl_username:
-            raise ValueError(f"kafka.security_protocol={k.security_protocol} needs kafka.sasl_mechanism "
+    kw = security_kwargs(settings)
+    protocol, ssl_context = kw["security_protocol"], kw.get("ssl_context")
+    if protocol.startswith("SASL"):
+        if not kw.get("sasl_mechanism") or not kw.get("sasl_plain_username"):
+            raise ValueError(f"kafka.security_protocol={protocol} needs kafka.sasl_mechanism "
                              "and kafka.sasl_username (and kafka.sasl_password)")
-        return faust.SASLCredentials(username=k.sasl_username, mechanism=k.sasl_mechanism, ssl_context=ssl_context,
-                                     password=k.sasl_password.get_secret_value() if k.sasl_password else None)
+        return faust.SASLCredentials(username=kw["sasl_plain_username"], password=kw["sasl_plain_password"],
+                                     mechanism=kw["sasl_mechanism"], ssl_context=ssl_context)
     if ssl_context is not None:
         return faust.SSLCredentials(ssl_context)
     return None
@@ -108,12 +106,12 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
-        # heartbeats come from the consumer's own thread, so a long batch does not miss them
+        # heartbeats come from the consumer's own thread, so a slow record does not miss them
         broker_session_timeout=settings.streams.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.streams.session_timeout_s / 5),
         broker_max_poll_records=2000,
-        # room for a few fetches beyond a batch: a full stream queue sends faust's conductor down a
-        # slow path (a task per record) and the fetcher pauses the partition until it drains
+        # room for several fetches: a full stream queue sends faust's conductor down a slow path
+        # (a task per record) and the fetcher pauses the partition until it drains
         stream_buffer_maxsize=16384,
         web_port=settings.streams.web_port or _free_port(),
         web_host="127.0.0.1",
@@ -127,9 +125,9 @@ def build(settings: Settings, bootstrap: str) -> faust.App:
     from streams import agents, topology
 
     market = topic_name("market.events", settings.kafka.topic_prefix)
-    from daemon.eventlog.connection import client_kwargs
+    from daemon.eventlog.connection import security_kwargs
 
-    client_kw = {**client_kwargs(settings), "bootstrap_servers": bootstrap}
+    client_kw = {"bootstrap_servers": bootstrap, **security_kwargs(settings)}
     partitions = asyncio.run(prepare_topics(client_kw, market, topology.internal_topic(settings),
                                             BY_NAME["market.events"].partitions))
     app = create_app(settings, bootstrap, partitions)

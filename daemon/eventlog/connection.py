@@ -16,8 +16,13 @@ def bootstrap_for(settings: Settings) -> str:
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
+    return {"bootstrap_servers": bootstrap_for(settings), **security_kwargs(settings)}
+
+
+def security_kwargs(settings: Settings) -> dict[str, Any]:
+    """The aiokafka security arguments (protocol, SASL, TLS context) of ``kafka.*``, no address."""
     k = settings.kafka
-    kw: dict[str, Any] = {"bootstrap_servers": bootstrap_for(settings), "security_protocol": k.security_protocol}
+    kw: dict[str, Any] = {"security_protocol": k.security_protocol}
     if k.sasl_mechanism:
         kw["sasl_mechanism"] = k.sasl_mechanism
         kw["sasl_plain_username"] = k.sasl_username
