@@ -56,7 +56,8 @@ def streams_command(s) -> list[str]:
 
 
 async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | None, symbols: list[str],
-                  duration: float | None, live_ack: bool, sink: bool, status_every: float) -> None:
+                  duration: float | None, live_ack: bool, sink: bool, status_every: float,
+                  streams_argv: list[str]) -> None:
     from daemon import kafka_local
     from daemon.eventlog.admin import ensure_topics
     from daemon.runtime import load_or_bootstrap
@@ -96,7 +97,7 @@ async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | Non
     logs = data_dir / "logs"
     sup = Supervisor()
     argv = _eigenloop_argv()
-    await sup.add(Child("streams", argv + streams_command(s), child_env(env), logs / "streams.log"))
+    await sup.add(Child("streams", argv + streams_argv, child_env(env), logs / "streams.log"))
     if sink:
         await sup.add(Child("sink", argv + ["analytics", "sink"], child_env(env), logs / "sink.log"))
     daemon_argv = argv + ["daemon"] + ([LIVE_FLAG] if live_ack else [])
@@ -154,9 +155,10 @@ def register(app: typer.Typer) -> None:
 
         s = settings()
         try:
-            streams_command(s)  # fail before starting anything
+            streams_argv = streams_command(s)  # before anything starts: a bad engine fails at once
             asyncio.run(run_all(s, live=live, replay_path=replay, speed=speed,
                                 symbols=[x.strip() for x in symbols.split(",") if x.strip()], duration=duration,
-                                live_ack=i_understand_live_trading, sink=sink, status_every=status_every))
+                                live_ack=i_understand_live_trading, sink=sink, status_every=status_every,
+                                streams_argv=streams_argv))
         except (BrokerError, ConfigurationError) as e:
             raise fail(str(e))

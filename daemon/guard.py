@@ -88,7 +88,7 @@ class WindowVerdict:
 class CollapseGuard:
     """Judges windows of closed groups and acts on the resident policy (see the module docstring).
 
-    ``policy`` is a ``daemon.policy.ResidentPolicy`` (or anything with ``temperature``,
+    ``policy`` is a ``daemon.policy.ResidentPolicy`` (or anything with ``temperature``, ``base_temperature``,
     ``policy_version``, ``state`` and ``with_state(fn)``). ``snapshot_root`` is where the learner
     loop writes snapshots; without it the guard never pins. ``probe`` overrides the fixed probe
     prompts (default: ``learners.diversity.probe_prompts(probe_prompts, probe_seed)``).
@@ -320,18 +320,14 @@ class CollapseGuard:
 
     # -- state ----------------------------------------------------------------------------------
 
-    def _default_temperature(self) -> float:
-        base = getattr(self.policy, "base_temperature", None)  # ResidentPolicy: operator override or model's
-        return float(self.policy.state.config.temperature if base is None else base)
-
     def _temperature(self) -> float:
         t = self.policy.temperature
-        return self._default_temperature() if t is None else float(t)
+        return self.policy.base_temperature if t is None else float(t)
 
     def _base_temperature(self) -> float:
         if self.base is not None:
             t = self.base.get("temperature")
-            return self._default_temperature() if t is None else float(t)
+            return self.policy.base_temperature if t is None else float(t)
         return self._temperature()
 
     def _export(self, v: WindowVerdict) -> None:

@@ -170,13 +170,10 @@ class SymbolProcess(KeyedProcessFunction):
         return self._probe is not None and self._probe.caught_up(tuple(tp), self._processed.get(tuple(tp))) is True
 
     def _seed_clock(self, key: str, wall: int) -> None:
-        """After a (re)start, start each symbol's event time at its last stored quote.
-
-        The engine's ``Clock`` is in memory. If a candidate came first, ``on_internal`` would
-        seed it with the candidate's t0, and restored candidates whose horizon ends before that
-        t0 would be scored at once, on a book missing the quotes still to be replayed from the
-        checkpoint's offsets. The Faust worker's 0.25 s timer seeds from the last quote
-        (``idle_due``) and usually wins that race; here it is done before the first record.
+        """After a (re)start, start each symbol's event time at its last stored quote, before the
+        first record or timer of the key. A candidate arriving first seeds the same way inside the
+        engine; a timer does not go through the engine's seeding (the Faust worker's ``idle_due``
+        does it there), so without this a silent restored symbol would never tick.
         """
         if key in self._seeded:
             return

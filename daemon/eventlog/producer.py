@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from daemon.eventlog import metrics
 from daemon.eventlog.connection import client_kwargs, topic
@@ -91,8 +92,6 @@ class EventProducer:
         """``send``, waiting out a broker outage instead of failing: retriable errors (and a metadata
         wait that timed out, which is the broker being away too) are retried with backoff. The
         wait is backpressure on the caller; nothing it handed over is dropped."""
-        from aiokafka.errors import KafkaError, KafkaTimeoutError
-
         delay = 0.1
         while True:
             try:
