@@ -13,11 +13,10 @@ from faust.types import TP
 
 from schemas.settings import StreamsSettings
 from streams.engine import Emit, SymbolEngine, tick_record
-from streams.health import StallWatch, health
+from streams.health import STALL_EXIT_CODE, WorkerHealth
 from streams.topology import Topology
 
 log = logging.getLogger(__name__)
-STALL_EXIT_CODE = 75  # EX_TEMPFAIL: try again
 
 
 async def _send(topo: Topology, emits: Iterable[Emit]) -> None:
@@ -41,16 +40,15 @@ def _guarded(engine: SymbolEngine, handle: Callable[..., list[Emit]], event: fau
                                    **_where(event))]
 
 
-def _caught_up(app: faust.App, engine: SymbolEngine, tp: tuple[str, int]) -> bool | None:
+def _caught_up(app: faust.App, engine: SymbolEngine, tp: tuple[str, int],
+               highwater: Callable[[tuple[str, int]], int | None]) -> bool | None:
     """Has the engine *processed* everything of this partition? None when it cannot tell.
 
     Faust's own read offset counts records fetched into the stream's buffer, which the agent may
     not have seen yet (a stalled agent would then look idle and jump its clock ahead)."""
-    consumer = app.consumer
-    topic_partition = TP(*tp)
     try:
-        high = consumer.highwater(topic_partition)
-        committed = consumer._committed_offset.get(topic_partition)  # next offset to read after a restart
+        committed = app.consumer._committed_offset.get(TP(*tp))  # next offset to read after a restart
+        high = highwater(tp)
     except (KeyError, AssertionError, AttributeError):
         return None
     if high is None:
@@ -78,74 +76,60 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
             handle = engine.on_internal if event.message.topic == internal else engine.on_market
             await _send(topo, _guarded(engine, handle, event, wall_ns=time.time_ns()))
 
-    ready: list[bool] = []
-    watch = StallWatch(conf.stall_after_s)
-    stalled: dict = {}
-    last_report = [0.0]
+    state = WorkerHealth(conf.stall_after_s, conf.stall_exit_s)
 
-    ends: dict = {}  # the broker's end offsets, asked every stall_after_s / 2
-    asked = [0.0]
+    def highwater(tp: tuple[str, int]) -> int | None:
+        return state.highwater(tp, app.consumer.highwater(TP(*tp)))
 
-    def _highwater(tp: tuple[str, int]) -> int | None:
-        # the consumer's high watermark only moves with its fetches, so a consumer that stopped
-        # fetching looks caught up by it: the broker's end offset tells the truth
-        local = app.consumer.highwater(TP(*tp))
-        return max((v for v in (local, ends.get(tp)) if v is not None), default=None)
-
-    async def _refresh_ends() -> None:
-        now = time.monotonic()
-        if now - asked[0] < conf.stall_after_s / 2 or not engine.processed:
-            return
-        asked[0] = now
+    async def refresh_ends() -> None:
         try:
             got = await app.consumer.highwaters(*(TP(*tp) for tp in engine.processed))
         except Exception as e:  # noqa: BLE001 - a failed probe leaves the last answer in place
             log.warning("end offsets unavailable: %r", e)
             return
-        ends.update({(tp.topic, tp.partition): off for tp, off in got.items() if off is not None})
+        state.ends.update({(tp.topic, tp.partition): off for tp, off in got.items() if off is not None})
 
     @app.timer(interval=conf.idle_tick_s)
     async def close_idle_windows() -> None:
         # ticks go through the partition that owns the symbol, so only its agent touches state
         if app.tables.recovery.completed.is_set():
-            if not ready:
-                ready.append(True)
+            if not state.ready:
+                state.ready = True
                 print("streams worker ready", flush=True)  # supervisors and tests wait for this line
-            await _refresh_ends()
-            stalled.clear()
-            stalled.update(watch.observe(dict(engine.processed), _highwater, time.monotonic()))
-            if stalled:
-                _report_stall(app, stalled, last_report, conf.stall_exit_s)
-            for symbol, sk, now in engine.idle_due(time.time_ns(), caught_up=lambda tp: _caught_up(app, engine, tp)):
-                await topo.internal.send(key=symbol.encode(), value=tick_record(sk, now))
+            now = time.monotonic()
+            if engine.processed and state.wants_ends(now):
+                await refresh_ends()
+            if state.observe(dict(engine.processed), highwater, now):
+                _report_stall(app, state, now)
+            for symbol, sk, t in engine.idle_due(time.time_ns(),
+                                                 caught_up=lambda tp: _caught_up(app, engine, tp, highwater)):
+                await topo.internal.send(key=symbol.encode(), value=tick_record(sk, t))
 
     @app.page("/healthz")
     async def healthz(web, request):  # noqa: ANN001 - faust's view signature
-        status, body, _, _ = health(bool(ready), stalled, conf.stall_exit_s)
+        status, body, _, _ = state.probes()
         return web.json(body, status=status)
 
     @app.page("/readyz")
     async def readyz(web, request):  # noqa: ANN001
-        _, _, status, body = health(bool(ready), stalled, conf.stall_exit_s)
+        _, _, status, body = state.probes()
         return web.json(body, status=status)
 
 
-def _report_stall(app: faust.App, stalled: dict, last_report: list[float], exit_after_s: float | None) -> None:
+def _report_stall(app: faust.App, state: WorkerHealth, now: float) -> None:
     """Say what the consumer looks like while a partition is stuck; exit once it is stuck too long."""
-    now = time.monotonic()
-    if now - last_report[0] >= 10:
-        last_report[0] = now
+    stalled = state.stalled
+    if state.should_report(now):
         c = app.consumer
         log.warning("streams worker stalled: %s read=%s paused=%s buffered=%s flow_active=%s app_flow=%s "
                     "producer_buffer=%s fetch=%s", stalled, {tp: c._read_offset.get(TP(*tp)) for tp in stalled},
                     sorted(tp for tp in map(tuple, c._paused_partitions) if tp in stalled),
                     c._buffered_partitions, c.flow_active, app.flow_control.is_active(), app.producer.buffer.size,
                     _fetch_state(c, stalled))
-    worst = max(s["stuck_s"] for s in stalled.values())
-    if exit_after_s is not None and worst >= exit_after_s:
+    if state.exit_due():
         # at-least-once: a restart resumes from the committed offsets and loses nothing (the same
         # path as a kill -9, which the tests exercise); outputs are deduplicated by event_id
-        log.error("streams worker stalled for %.0f s: exiting for the supervisor to restart it", worst)
+        log.error("streams worker stalled past %.0f s: exiting for the supervisor to restart it", state.exit_after_s)
         logging.shutdown()
         os._exit(STALL_EXIT_CODE)
 

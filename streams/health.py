@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 TopicPartition = tuple[str, int]
+STALL_EXIT_CODE = 75  # EX_TEMPFAIL: try again (what supervisors see when a stalled worker exits)
 
 
 @dataclass
@@ -50,3 +51,48 @@ def health(ready: bool, stalled: dict[TopicPartition, dict], exit_after_s: float
     readiness = (200 if ok else 503, {"status": "ready" if ok else ("stalled" if stalled else "recovering"),
                                       "stalled": stalled_json})
     return live[0], live[1], readiness[0], readiness[1]
+
+
+@dataclass
+class WorkerHealth:
+    """What the worker's timer learns on each tick and what its probes answer from."""
+
+    stall_after_s: float
+    exit_after_s: float | None
+    ready: bool = False
+    stalled: dict[TopicPartition, dict] = field(default_factory=dict)
+    # the broker's end offsets, asked every stall_after_s / 2: the consumer's high watermark only
+    # moves with its fetches, so a consumer that stopped fetching looks caught up by it
+    ends: dict[TopicPartition, int] = field(default_factory=dict)
+    _asked_at: float = float("-inf")
+    _reported_at: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self._watch = StallWatch(self.stall_after_s)
+
+    def wants_ends(self, now: float) -> bool:
+        if now - self._asked_at < self.stall_after_s / 2:
+            return False
+        self._asked_at = now
+        return True
+
+    def highwater(self, tp: TopicPartition, local: int | None) -> int | None:
+        return max((v for v in (local, self.ends.get(tp)) if v is not None), default=None)
+
+    def observe(self, processed: dict[TopicPartition, int], highwater: Callable[[TopicPartition], int | None],
+                now: float) -> dict[TopicPartition, dict]:
+        self.stalled = self._watch.observe(processed, highwater, now)
+        return self.stalled
+
+    def should_report(self, now: float, every_s: float = 10.0) -> bool:
+        if now - self._reported_at < every_s:
+            return False
+        self._reported_at = now
+        return True
+
+    def exit_due(self) -> bool:
+        worst = max((s["stuck_s"] for s in self.stalled.values()), default=0.0)
+        return self.exit_after_s is not None and worst >= self.exit_after_s
+
+    def probes(self) -> tuple[int, dict, int, dict]:
+        return health(self.ready, self.stalled, self.exit_after_s)

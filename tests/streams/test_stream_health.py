@@ -34,3 +34,18 @@ def test_probes_fail_readiness_on_any_stall_and_liveness_only_past_the_exit_limi
     assert (live, ready, rbody["status"]) == (200, 503, "stalled") and "market.events:2" in rbody["stalled"]
     stuck[TP]["stuck_s"] = 60.0
     assert health(True, stuck, 60.0)[0] == 503 and health(True, stuck, None)[0] == 200
+
+
+def test_worker_health_trusts_the_broker_end_over_a_stale_consumer_watermark():
+    from streams.health import WorkerHealth
+
+    state = WorkerHealth(stall_after_s=10, exit_after_s=60)
+    assert state.wants_ends(0.0) and not state.wants_ends(4.0) and state.wants_ends(5.0)
+    assert state.highwater(TP, 51) == 51
+    state.ends[TP] = 100  # the consumer stopped fetching at 51; the broker has 100
+    assert state.highwater(TP, 51) == 100 and state.highwater(TP, None) == 100
+    state.observe({TP: 50}, lambda tp: state.highwater(tp, 51), now=0.0)
+    assert state.observe({TP: 50}, lambda tp: state.highwater(tp, 51), now=59.0) and not state.exit_due()
+    state.observe({TP: 50}, lambda tp: state.highwater(tp, 51), now=60.0)
+    assert state.exit_due() and state.probes()[0] == 503
+    assert state.should_report(60.0) and not state.should_report(65.0)

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from daemon.eventlog import EventProducer
 from schemas import decode
 from schemas.settings import Settings
-from streams.agents import STALL_EXIT_CODE
+from streams.health import STALL_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[2]
 EIGENLOOP = REPO / ".venv" / "bin" / "eigenloop"
