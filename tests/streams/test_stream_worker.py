@@ -112,6 +112,36 @@ def test_worker_matches_pure_functions_and_closes_idle_windows(kafka_settings, s
         worker.stop()
 
 
+def _groups_before_kill(s) -> tuple[bool, int]:
+    """Wait for the first 10 groups; how many distinct ones were out by then."""
+    async def some_groups():
+        async with Collector(s, ["learn.groups"]) as c:
+            ok = await c.until(lambda r: len(r["learn.groups"]) >= 10, timeout=60)
+            return ok, len({g.group_id for g in c.records["learn.groups"]})
+    return run(some_groups())
+
+
+def _after_restart(s, want_g, timeout: float):
+    """Collect groups and outcomes until every expected group is in (or the timeout)."""
+    async def all_groups():
+        async with Collector(s, ["learn.groups", "agent.outcomes"]) as c:
+            ok = await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= set(want_g), timeout=timeout)
+            return ok, c
+    return run(all_groups())
+
+
+def _assert_nothing_lost(ok, c, want_o, want_g, before: str = "") -> None:
+    raw = c.records["learn.groups"]
+    groups = _dedupe(raw)
+    print(f"groups: {before}{len(raw)} raw, {len(groups)} after event_id dedupe, {len(want_g)} expected")
+    assert ok
+    assert sorted(g.group_id for g in groups) == sorted(want_g)  # none missing, one per event_id
+    for g in groups:
+        assert comparable(g) == comparable(want_g[g.group_id]), g.group_id
+    outs = {(o.group_id, o.candidate_index): o for o in _dedupe(c.records["agent.outcomes"])}
+    assert set(outs) == set(want_o) and len(_dedupe(c.records["agent.outcomes"])) == len(want_o)
+
+
 def test_kill9_and_restart_loses_no_group_and_duplicates_only_by_event_id(kafka_settings, shared_data, tmp_path):
     s = _settings(kafka_settings)
     cfg = write_config(s, tmp_path / "cfg.yaml")
@@ -128,32 +158,13 @@ def test_kill9_and_restart_loses_no_group_and_duplicates_only_by_event_id(kafka_
     try:
         worker.wait_ready()
         run(produce(s, first))
-
-        async def some_groups():
-            async with Collector(s, ["learn.groups"]) as c:
-                return await c.until(lambda r: len(r["learn.groups"]) >= 10, timeout=60)
-
-        assert run(some_groups()), "no groups before the kill"
+        assert _groups_before_kill(s)[0], "no groups before the kill"
         worker.kill9()  # mid-stream: state and offsets since the last commit are in flight
         run(produce(s, rest))
         worker.start()
         worker.wait_ready()
-
-        async def all_groups():
-            async with Collector(s, ["learn.groups", "agent.outcomes"]) as c:
-                ok = await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= set(want_g), timeout=90)
-                return ok, c
-
-        ok, c = run(all_groups())
-        raw = c.records["learn.groups"]
-        groups = _dedupe(raw)
-        print(f"groups: {len(raw)} raw, {len(groups)} after event_id dedupe, {len(want_g)} expected")
-        assert ok
-        assert sorted(g.group_id for g in groups) == sorted(want_g)  # none missing, one per event_id
-        for g in groups:
-            assert comparable(g) == comparable(want_g[g.group_id]), g.group_id
-        outs = {(o.group_id, o.candidate_index): o for o in _dedupe(c.records["agent.outcomes"])}
-        assert set(outs) == set(want_o) and len(_dedupe(c.records["agent.outcomes"])) == len(want_o)
+        ok, c = _after_restart(s, want_g, timeout=90)
+        _assert_nothing_lost(ok, c, want_o, want_g)
     finally:
         worker.stop()
 
@@ -173,37 +184,16 @@ def test_kill9_in_catch_up_loses_no_group(kafka_settings, shared_data, tmp_path)
     worker = Worker(s, cfg).start()
     try:
         worker.wait_ready()
-
-        async def some_groups():
-            async with Collector(s, ["learn.groups"]) as c:
-                ok = await c.until(lambda r: len(r["learn.groups"]) >= 10, timeout=60)
-                return ok, len({g.group_id for g in c.records["learn.groups"]})
-
-        ok, before = run(some_groups())
+        ok, before = _groups_before_kill(s)
         assert ok, "no groups before the kill"
         worker.kill9()  # mid-stream: state and offsets since the last commit are in flight
         assert before < len(want_g), "the worker finished before the kill: the test proves nothing"
         worker.start()
         worker.wait_ready()
-
-        async def all_groups():
-            async with Collector(s, ["learn.groups", "agent.outcomes"]) as c:
-                ok = await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= set(want_g), timeout=120)
-                return ok, c
-
-        ok, c = run(all_groups())
+        ok, c = _after_restart(s, want_g, timeout=120)
         missing = sorted(set(want_g) - {g.group_id for g in c.records["learn.groups"]})
         assert ok, f"{len(missing)} of {len(want_g)} groups missing after the restart: {missing[:12]}\n" + \
             "".join(worker.lines[-40:])
-        raw = c.records["learn.groups"]
-        groups = _dedupe(raw)
-        print(f"groups: {before} before the kill, {len(raw)} raw, {len(groups)} after event_id dedupe, "
-              f"{len(want_g)} expected")
-        assert ok
-        assert sorted(g.group_id for g in groups) == sorted(want_g)  # none missing, one per event_id
-        for g in groups:
-            assert comparable(g) == comparable(want_g[g.group_id]), g.group_id
-        outs = {(o.group_id, o.candidate_index): o for o in _dedupe(c.records["agent.outcomes"])}
-        assert set(outs) == set(want_o) and len(_dedupe(c.records["agent.outcomes"])) == len(want_o)
+        _assert_nothing_lost(ok, c, want_o, want_g, before=f"{before} before the kill, ")
     finally:
         worker.stop()
