@@ -36,7 +36,7 @@ from daemon.eventlog.admin import ensure_topics  # noqa: E402
 from daemon.eventlog.connection import bootstrap_for, client_kwargs  # noqa: E402
 from schemas import Action, MarketActionSpec  # noqa: E402
 from schemas.settings import GroupConfig, KafkaSettings, Settings, StreamsSettings  # noqa: E402
-from stream_cases import make_actions, market_events  # noqa: E402
+from stream_cases import live_feed, make_actions, market_events, run_feed  # noqa: E402
 from worker_harness import Collector, Worker, produce, write_config  # noqa: E402
 
 
@@ -61,20 +61,13 @@ async def raw_rate(settings: Settings, total: int) -> float:
 def engine_rate(settings: Settings, events, actions) -> float:
     """Events/s of the reward and group path alone: decode + engine over dict tables, in this
     process, no Kafka and no Faust (an upper bound for any worker built on it)."""
-    from schemas import encode
     from streams.engine import SymbolEngine
 
-    feed = sorted([(e.ts_event, 0, encode(e)) for e in events] + [(a.ts_event, 1, encode(a)) for a in actions],
-                  key=lambda x: (x[0], x[1]))
+    feed = live_feed(events, actions)
     eng = SymbolEngine(settings.reward, settings.groups, book={}, trades={}, index={}, pending={}, agenda={},
                        closed={})
     t = time.perf_counter()
-    for ts, kind, raw in feed:
-        if kind == 0:
-            eng.on_market(raw, topic="market.events", partition=0, offset=0, wall_ns=ts)
-        else:
-            (routed,) = eng.route_action(raw, topic="agent.actions")
-            eng.on_internal(routed.value, topic="internal", wall_ns=ts)
+    run_feed(eng, feed)
     return len(feed) / (time.perf_counter() - t)
 
 

@@ -159,11 +159,11 @@ async def run_chaos(work: Path, shared_data: Path, initial_snapshot: Path, *, ki
 
         # 4. chaos
         broker_at = kills // 2
+
+        async def running():  # a child still in its restart backoff cannot be killed again
+            return [c for c in sup.children if c.proc is not None and c.proc.returncode is None]
         for k in range(kills):
             await asyncio.sleep(rng.uniform(1.0, 4.0))  # a random moment, by design
-
-            async def running():  # a child still in its restart backoff cannot be killed again
-                return [c for c in sup.children if c.proc is not None and c.proc.returncode is None]
             victim = rng.choice(await _wait(running, 120, "a supervised child to be running", 0.2))
             os.kill(victim.proc.pid, signal.SIGKILL)
             fig.kills[victim.name] += 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from schemas import Action, BookTicker, MarketActionSpec
+from schemas import Action, BookTicker, MarketActionSpec, encode
 from schemas.settings import GroupConfig, RewardConfig
 from streams.capture import read_capture
 from streams.grouping import close_group, window_end_ns
@@ -59,6 +59,25 @@ def make_actions(events, *, every_s: float = 2.0, group_size: int = 4, horizon_s
         n += 1
         t0 += round(every_s * S)
     return actions
+
+
+def live_feed(events, actions) -> list[tuple[int, int, bytes]]:
+    """Market records and candidates encoded and interleaved by event time, the way a live feed
+    delivers them: ``(ts_event, 0 market | 1 candidate, bytes)``."""
+    return sorted([(e.ts_event, 0, encode(e)) for e in events] + [(a.ts_event, 1, encode(a)) for a in actions],
+                  key=lambda x: (x[0], x[1]))
+
+
+def run_feed(engine, feed) -> list:
+    """Each record through the engine as the worker would (candidates routed first); the emits."""
+    out = []
+    for ts, kind, raw in feed:
+        if kind == 0:
+            out += engine.on_market(raw, topic="market.events", partition=0, offset=0, wall_ns=ts)
+        else:
+            (routed,) = engine.route_action(raw, topic="agent.actions")
+            out += engine.on_internal(routed.value, topic="internal", wall_ns=ts)
+    return out
 
 
 def expected(events, actions, reward: RewardConfig, groups: GroupConfig):

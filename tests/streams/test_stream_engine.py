@@ -8,7 +8,7 @@ import pytest
 from schemas import Action, GRPOGroup, Outcome, decode, encode
 from schemas.settings import GroupConfig, RewardConfig
 from streams.engine import SymbolEngine, tick_record
-from stream_cases import comparable, expected, make_actions, market_events
+from stream_cases import comparable, expected, live_feed, make_actions, market_events, run_feed
 
 S = 1_000_000_000
 
@@ -19,16 +19,7 @@ def _engine(reward, groups, **kw):
 
 def _run(engine, events, actions):
     """Interleave by event time the way a live feed would deliver them."""
-    feed = sorted([(e.ts_event, 0, e) for e in events] + [(a.ts_event, 1, a) for a in actions],
-                  key=lambda x: (x[0], x[1]))
-    out = []
-    for ts, kind, ev in feed:
-        if kind == 0:
-            out += engine.on_market(encode(ev), topic="market.events", wall_ns=ts)
-        else:
-            (routed,) = engine.route_action(encode(ev), topic="agent.actions")
-            out += engine.on_internal(routed.value, topic="internal", wall_ns=ts)
-    return out
+    return run_feed(engine, live_feed(events, actions))
 
 
 @pytest.mark.parametrize("kind", ["pnl", "risk_adjusted"])
