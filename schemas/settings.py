@@ -73,8 +73,9 @@ class StreamsSettings(_Section):
     market_window_s: float = Field(60.0, gt=0, description="how much book/trade history the state keeps")
     session_timeout_s: float = Field(15.0, ge=6, le=300, description="consumer-group session timeout: how soon "
                                      "a killed worker's partitions move to a live one (the broker's minimum is 6 s)")
-    stall_after_s: float = Field(10.0, gt=0, description="input waiting and none of it processed for this "
-                                 "long: the partition is stalled (logged, /readyz fails)")
+    stall_after_s: float = Field(5.0, gt=0, description="input waiting and none of it processed for this "
+                                 "long: the partition is stalled (sought back to the agent's cursor, "
+                                 "logged, /readyz fails)")
     stall_exit_s: float | None = Field(60.0, gt=0, description="a stall this long: /healthz fails and the "
                                        "worker exits for its supervisor to restart it; null: never")
 

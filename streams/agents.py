@@ -1,5 +1,7 @@
 """The agents: each decodes nothing itself, calls one engine method per record and sends what it
-returns; the timer closes idle windows and watches for stalled input (``streams.health``)."""
+returns; the timer closes idle windows and watches for stalled input (``streams.health``).
+Every record first passes the agent's input cursor (``streams.cursor``): Faust's consumer can
+skip records, and only the agent knows which offsets it has processed."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import faust
 from faust.types import TP
 
 from schemas.settings import StreamsSettings
+from streams.cursor import GAP, PROCESS, InputCursor
 from streams.engine import Emit, SymbolEngine, tick_record
 from streams.health import STALL_EXIT_CODE, WorkerHealth
 from streams.topology import Topology
@@ -40,32 +43,91 @@ def _guarded(engine: SymbolEngine, handle: Callable[..., list[Emit]], event: fau
                                    **_where(event))]
 
 
-def _caught_up(app: faust.App, engine: SymbolEngine, tp: tuple[str, int],
-               highwater: Callable[[tuple[str, int]], int | None]) -> bool | None:
-    """Has the engine *processed* everything of this partition? None when it cannot tell.
+class InputGuard:
+    """One agent's input cursor plus the consumer calls it needs (first offsets, seek, flush)."""
 
-    Faust's own read offset counts records fetched into the stream's buffer, which the agent may
-    not have seen yet (a stalled agent would then look idle and jump its clock ahead)."""
+    def __init__(self, app: faust.App, cursor: InputCursor, name: str):
+        self.app, self.cursor, self.name = app, cursor, name
+
+    async def start(self, tps: Iterable[tuple[str, int]]) -> None:
+        todo = [tp for tp in tps if not self.cursor.started(tp)]
+        if not todo:
+            return
+        earliest = await self.app.consumer.earliest_offsets(*(TP(*tp) for tp in todo))
+        for tp in todo:
+            if self.cursor.started(tp):  # started by the agent or the timer while this one waited
+                continue
+            first = earliest.get(TP(*tp))
+            at = self.cursor.start(tp, first if first is not None else 0)
+            log.info("%s: %s:%d resumes at offset %d", self.name, tp[0], tp[1], at)
+
+    async def admit(self, event: faust.EventT) -> bool:
+        """Process this record? Below the cursor: no (done before). Above it: no, and seek back."""
+        m = event.message
+        tp = (m.topic, m.partition)
+        if not self.cursor.started(tp):
+            await self.start([tp])
+        verdict = self.cursor.check(tp, m.offset)
+        if verdict == PROCESS:
+            return True
+        if verdict == GAP:
+            await self.seek_back(tp, f"offset {m.offset} delivered")
+        return False
+
+    async def seek_back(self, tp: tuple[str, int], why: str) -> None:
+        target = self.cursor.seek_target(tp, time.monotonic())
+        if target is not None:
+            first = (await self.app.consumer.earliest_offsets(TP(*tp))).get(TP(*tp))
+            lost = self.cursor.skip_to(tp, first) if first is not None else None
+            if lost is not None:
+                # a seek below the log start would be reset to it by the client, and the cursor
+                # would wait forever for records that no longer exist
+                log.error("%s: %s:%d offsets %d..%d were deleted by retention before they were processed: "
+                          "skipping to %d", self.name, tp[0], tp[1], lost, first - 1, first)
+                target = self.cursor.seek_target(tp, time.monotonic())
+            # after a restart this is the usual case: Faust resumes at its committed offset, which
+            # is ahead of the last persisted cursor; otherwise its consumer skipped records
+            log.warning("%s: %s:%d %s, next to process is %d: seeking back", self.name, tp[0], tp[1], why, target)
+            await self.app.consumer.seek_wait({TP(*tp): target})
+
+    async def done(self, event: faust.EventT) -> None:
+        m = event.message
+        self.cursor.done((m.topic, m.partition), m.offset)
+        now = time.monotonic()
+        if self.cursor.persist_due(m.partition, now):
+            snap = self.cursor.snapshot(m.partition)
+            await self.app.producer.flush()  # what the snapshot covers is on the broker
+            self.cursor.persist(snap, m.partition, now)
+
+
+def _caught_up(cursor: InputCursor, tp: tuple[str, int],
+               highwater: Callable[[tuple[str, int]], int | None]) -> bool | None:
+    """Has the agent *processed* everything of this partition? None when it cannot tell.
+
+    From the agent's cursor: Faust's read offset counts records fetched into the stream's buffer,
+    which the agent may not have seen yet, and its committed offset can be past records it never
+    delivered (``streams.cursor``). Either would make a backlog look idle and jump the clock."""
     try:
-        committed = app.consumer._committed_offset.get(TP(*tp))  # next offset to read after a restart
         high = highwater(tp)
-    except (KeyError, AssertionError, AttributeError):
+    except (KeyError, AssertionError, AttributeError):  # consumer not started or partition not assigned
         return None
-    if high is None:
+    nxt = cursor.next.get(tuple(tp))
+    if high is None or nxt is None:
         return None
-    done = engine.processed.get(tuple(tp))
-    if done is not None:
-        return done + 1 >= high
-    return None if committed is None else committed >= high
+    return nxt >= high
 
 
 def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: StreamsSettings) -> None:
     internal = topo.internal.get_topic_name()
+    routed = InputGuard(app, InputCursor(topo.action_cursors), "route-actions")
+    symbols_in = InputGuard(app, InputCursor(topo.cursors), "symbols")
 
     @app.agent(topo.actions, name="route-actions")
     async def route_actions(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await _send(topo, _guarded(engine, engine.route_action, event))
+            if await routed.admit(event):
+                await _send(topo, _guarded(engine, engine.route_action, event))
+                await routed.done(event)
 
     @app.agent(topo.symbol_inputs, name="symbols")
     async def symbols(stream: faust.StreamT) -> None:
@@ -73,17 +135,30 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
         # one changelog record per key per batch) was tried and lost groups across kill -9 in
         # the stricter kill test; see the issue note.
         async for event in stream.events():
-            handle = engine.on_internal if event.message.topic == internal else engine.on_market
-            await _send(topo, _guarded(engine, handle, event, wall_ns=time.time_ns()))
+            if await symbols_in.admit(event):
+                handle = engine.on_internal if event.message.topic == internal else engine.on_market
+                await _send(topo, _guarded(engine, handle, event, wall_ns=time.time_ns()))
+                await symbols_in.done(event)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: faust.App, revoked: set[TP], **kwargs: object) -> None:
+        for guard in (routed, symbols_in):
+            guard.cursor.forget((tp.topic, tp.partition) for tp in revoked)
 
     state = WorkerHealth(conf.stall_after_s, conf.stall_exit_s)
 
     def highwater(tp: tuple[str, int]) -> int | None:
         return state.highwater(tp, app.consumer.highwater(TP(*tp)))
 
+    guards = {topo.actions.get_topic_name(): routed, internal: symbols_in,
+              topo.market.get_topic_name(): symbols_in}
+
+    def positions() -> dict[tuple[str, int], int]:
+        return {**routed.cursor.positions(), **symbols_in.cursor.positions()}
+
     async def refresh_ends() -> None:
         try:
-            got = await app.consumer.highwaters(*(TP(*tp) for tp in engine.processed))
+            got = await app.consumer.highwaters(*(TP(*tp) for tp in positions()))
         except Exception as e:  # noqa: BLE001 - a failed probe leaves the last answer in place
             log.warning("end offsets unavailable: %r", e)
             return
@@ -96,13 +171,22 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
             if not state.ready:
                 state.ready = True
                 print("streams worker ready", flush=True)  # supervisors and tests wait for this line
+            # every assigned input partition gets a cursor, so one that never delivers is seen
+            assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in guards]
+            for guard in (routed, symbols_in):
+                await guard.start([tp for tp in assigned if guards[tp[0]] is guard])
             now = time.monotonic()
-            if engine.processed and state.wants_ends(now):
+            for guard in (routed, symbols_in):
+                for tp in guard.cursor.overdue(now):
+                    await guard.seek_back(tp, "still missing after a seek")
+            if state.wants_ends(now):
                 await refresh_ends()
-            if state.observe(dict(engine.processed), highwater, now):
+            if state.observe(positions(), highwater, now):
+                for tp, s in state.stalled.items():
+                    await guards[tp[0]].seek_back(tp, f"stalled {s['stuck_s']} s behind {s['highwater']}")
                 _report_stall(app, state, now)
             for symbol, sk, t in engine.idle_due(time.time_ns(),
-                                                 caught_up=lambda tp: _caught_up(app, engine, tp, highwater)):
+                                                 caught_up=lambda tp: _caught_up(symbols_in.cursor, tp, highwater)):
                 await topo.internal.send(key=symbol.encode(), value=tick_record(sk, t))
 
     @app.page("/healthz")

@@ -6,8 +6,10 @@ Start it from the daemon CLI (never at import)::
     eigenloop streams worker            # settings from EIGENLOOP_* / --config
 
 Delivery: at-least-once. Faust flushes the producer (outputs and table changelogs) before it
-commits input offsets, so a worker killed with SIGKILL loses nothing; on restart the tables come
-back from their changelogs and the input after the last commit is processed again. The engine
+commits input offsets, but its consumer can skip records and commit past them, so each agent
+resumes from its own persisted input cursor instead (``streams.cursor``): a worker killed with
+SIGKILL loses nothing; on restart the tables come back from their changelogs and the input from
+the cursor on is processed again. The engine
 drops replayed quotes, trades and candidates, and remembers closed groups, so a replay does not
 re-open them. What it cannot prevent is a record that was *sent* between the last commit and the
 kill being sent again: such outcomes and groups carry the same deterministic ``event_id``
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -61,9 +64,10 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
     return None
 
 
-async def prepare_topics(client_kw: dict, market: str, internal: str, default: int) -> int:
-    """Partitions of ``market`` (``default`` if absent), and the internal re-keying topic created
-    with the same count: co-partitioning is what keeps a symbol's state on one worker.
+async def prepare_topics(client_kw: dict, market: str, internal: str, actions: str) -> tuple[int, int]:
+    """Partitions of ``market`` and of ``actions`` (the catalogue's count for one that does not
+    exist yet), and the internal re-keying topic created with market's count: co-partitioning is
+    what keeps a symbol's state on one worker.
     ``client_kw``: aiokafka client arguments (``daemon.eventlog.connection.client_kwargs``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -72,10 +76,11 @@ async def prepare_topics(client_kw: dict, market: str, internal: str, default: i
     await client.bootstrap()
     try:
         cluster = await client.fetch_all_metadata()
-        parts = cluster.partitions_for_topic(market)
+        counts = {name: len(cluster.partitions_for_topic(name) or ()) for name in (market, actions)}
     finally:
         await client.close()
-    partitions = len(parts) if parts else default
+    partitions = counts[market] or BY_NAME["market.events"].partitions
+    action_partitions = counts[actions] or BY_NAME["agent.actions"].partitions
     admin = AIOKafkaAdminClient(**client_kw)
     await admin.start()
     try:
@@ -84,7 +89,7 @@ async def prepare_topics(client_kw: dict, market: str, internal: str, default: i
         log.debug("internal topic %s exists", internal)
     finally:
         await admin.close()
-    return partitions
+    return partitions, action_partitions
 
 
 def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App:
@@ -124,20 +129,48 @@ def build(settings: Settings, bootstrap: str) -> faust.App:
     """App + topology + agents, ready for ``faust.Worker``."""
     from streams import agents, topology
 
-    market = topic_name("market.events", settings.kafka.topic_prefix)
     from daemon.eventlog.connection import security_kwargs
 
+    prefix = settings.kafka.topic_prefix
     client_kw = {"bootstrap_servers": bootstrap, **security_kwargs(settings)}
-    partitions = asyncio.run(prepare_topics(client_kw, market, topology.internal_topic(settings),
-                                            BY_NAME["market.events"].partitions))
+    partitions, action_partitions = asyncio.run(prepare_topics(
+        client_kw, topic_name("market.events", prefix), topology.internal_topic(settings),
+        topic_name("agent.actions", prefix)))
     app = create_app(settings, bootstrap, partitions)
-    topo = topology.declare(app, settings, partitions)
+    topo = topology.declare(app, settings, partitions, action_partitions)
     agents.register(app, topo, topology.engine_for(topo, settings), settings.streams)
     return app
 
 
+def _await_chain(coro: object) -> list[str]:
+    """Where a suspended coroutine waits, outermost first (a task's own stack stops at its
+    first frame)."""
+    out = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return out
+
+
+def _dump_tasks() -> None:
+    """SIGUSR2: log where every asyncio task waits (what a worker that processes nothing waits on)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        lines.append(f"{task.get_name()}:")
+        lines.extend(f"  {where}" for where in _await_chain(task.get_coro()))
+    log.warning("asyncio tasks (SIGUSR2):\n%s", "\n".join(lines))
+
+
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "warning") -> None:
-    """Run the worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    """Run the worker in this process until it is stopped (SIGINT/SIGTERM); SIGUSR2 logs the
+    stacks of its asyncio tasks."""
     app = build(settings, bootstrap)
+
+    @app.task
+    async def dump_tasks_on_sigusr2() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
+
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

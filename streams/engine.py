@@ -8,7 +8,8 @@ State (all in the mappings; ``sk`` is ``"exchange|symbol"``):
 
 - ``book``: windowed table, key ``(sk, (start_s, end_s))`` = one tumbling bucket of
   ``bucket_s`` seconds of *event time*, value = the top-of-book quotes of that bucket whose
-  prices changed (``[ts_ns, bid, bid_qty, ask, ask_qty]``). Size-only updates are not stored:
+  prices changed (``[ts_ns, bid, bid_qty, ask, ask_qty, offset]``; the source offset makes a
+  replay after a restart exact, even for quotes sharing a timestamp). Size-only updates are not stored:
   fills, stops, vol and drawdown depend on prices only, so the result is bit-identical.
 - ``trades``: same windowing, value = ``[count, qty, notional, last_price, last_ts, last_ids]``.
 - ``index``: ``sk -> [first_bucket, last_bucket]``, so old buckets expire in event time.
@@ -22,8 +23,9 @@ Time: outcomes are due when the horizon has passed in event time, i.e. a market 
 event time (in catch-up they run ahead of the market data). ``Clock`` is derived, in-memory: the
 market watermark per ``sk`` plus, for idle streams, an estimate that advances with the wall
 clock from the last event's ``ts_ingest``. The estimate is used only by timer ticks, after
-``idle_after_s`` without events for that ``sk`` and (in the worker) only when the consumer has
-read all of the market partition, which keeps catch-up on the watermark and deterministic.
+``idle_after_s`` without events for that ``sk`` and (in the worker) only when the agent has
+processed all of the market partition (its input cursor at the end offset, ``streams.cursor``),
+which keeps catch-up on the watermark and deterministic.
 Groups close ``all_in`` on events; ``expired`` only on ticks (see ``_advance``).
 """
 
@@ -139,9 +141,6 @@ class SymbolEngine:
         self.source = source
         self.counters: dict[str, int] = {}
         self.tps: dict[str, tuple[str, int]] = {}  # sk -> market (topic, partition), for lag checks
-        # market (topic, partition) -> highest offset *processed* here; a consumer's read position
-        # runs ahead of it by whatever sits in the stream's buffer, which is not caught up
-        self.processed: dict[tuple[str, int], int] = {}
 
     # ---- inputs -------------------------------------------------------------------------
     def route_action(self, raw: bytes | None, *, topic: str, partition: int = -1,
@@ -158,15 +157,13 @@ class SymbolEngine:
 
     def on_market(self, raw: bytes | None, *, topic: str, partition: int = -1, offset: int = -1,
                   wall_ns: int) -> list[Emit]:
-        if offset > self.processed.get((topic, partition), -1):
-            self.processed[(topic, partition)] = offset
         try:
             ev = decode(raw)
         except DecodeError as e:
             return [self.dead_letter(raw, topic, partition, offset, e.reason, "DecodeError")]
         if isinstance(ev, BookTicker):
             sk = state_key(ev.exchange, ev.symbol)
-            self._add_quote(sk, ev)
+            self._add_quote(sk, ev, offset)
         elif isinstance(ev, MarketTrade):
             sk = state_key(ev.exchange, ev.symbol)
             self._add_trade(sk, ev)
@@ -270,17 +267,20 @@ class SymbolEngine:
         q = self._last_quote(sk)
         return q[0] if q else 0
 
-    def _add_quote(self, sk: str, ev: BookTicker) -> None:
+    def _add_quote(self, sk: str, ev: BookTicker, offset: int = -1) -> None:
         if ev.bid_price <= 0 or ev.ask_price <= 0:
             return
         last = self._last_quote(sk)
-        if last is not None and (ev.ts_event < last[0] or (last[1] == ev.bid_price and last[3] == ev.ask_price)):
-            return  # a replay after restart (older) or a size-only change: nothing to store
+        if last is not None:
+            if 0 <= offset <= (last[5] if len(last) > 5 else -1):
+                return  # delivered again after a restart: the stored quote is this one or later
+            if ev.ts_event < last[0] or (last[1] == ev.bid_price and last[3] == ev.ask_price):
+                return  # older (a replay without offsets) or a size-only change: nothing to store
         idx = ev.ts_event // self.bucket_ns
         self._touch_bucket(sk, idx)
         key = self._bucket_key(sk, idx)
         quotes = list(self.book.get(key) or ())
-        quotes.append([ev.ts_event, ev.bid_price, ev.bid_qty, ev.ask_price, ev.ask_qty])
+        quotes.append([ev.ts_event, ev.bid_price, ev.bid_qty, ev.ask_price, ev.ask_qty, offset])
         self.book[key] = quotes
 
     def _add_trade(self, sk: str, ev: MarketTrade) -> None:

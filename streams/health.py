@@ -1,12 +1,11 @@
 """Health of the streams worker: which input partitions are stuck, and the HTTP probes.
 
 A partition is *stalled* when input waits (processed offset + 1 < high watermark) and the worker
-has not processed a record of it for ``stall_after_s``. It is rare but real: a Faust/aiokafka
-worker can stop being handed records for one partition while its fetcher, queues and flow
-control all look healthy (seen in long benchmark runs on a loaded 2-core machine; cause not
-found). Delivery is at-least-once, so the remedy is a restart: the worker exits when a stall
-outlasts ``stall_exit_s``, and its supervisor (``eigenloop run``, Kubernetes) starts it again
-from the committed offsets. ``/healthz`` fails in the same case, so a liveness probe agrees.
+has not processed a record of it for ``stall_after_s``: the consumer's position is past records
+the agent never got (``streams.cursor``). The timer then seeks the partition back to the agent's
+cursor. If that does not help either, the worker exits when the stall outlasts ``stall_exit_s``
+and its supervisor (``eigenloop run``, Kubernetes) starts it again; ``/healthz`` fails in the
+same case, so a liveness probe agrees.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ Tables (changelog-backed, memory store): the market state is a *windowed* table,
 ``streams.market_window_s`` (Faust's own expiry runs on wall-clock time, which would drop a
 replayed capture at once, so the engine deletes them). Pending candidates, the agenda of due
 times and the closed-group memory are plain tables. See ``streams.engine`` for their shapes.
+Each agent also keeps its input cursors in a table of its own (``streams.cursor``): the
+symbols agent's is co-partitioned with market data, the router's with ``agent.actions``.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ class Topology:
     pending: faust.TableT
     agenda: faust.TableT
     closed: faust.TableT
+    cursors: faust.TableT  # symbols agent: "topic|partition" -> next offset (streams.cursor)
+    action_cursors: faust.TableT  # route-actions agent: the same for agent.actions
 
 
 def internal_topic(settings: Settings) -> str:
     return f"{settings.kafka.topic_prefix}{settings.streams.app_id}-actions-by-symbol"
 
 
-def declare(app: faust.App, settings: Settings, partitions: int) -> Topology:
+def declare(app: faust.App, settings: Settings, partitions: int, action_partitions: int) -> Topology:
     prefix = settings.kafka.topic_prefix
     name = lambda base: topic_name(base, prefix)  # noqa: E731
     internal_name = internal_topic(settings)
@@ -57,15 +61,16 @@ def declare(app: faust.App, settings: Settings, partitions: int) -> Topology:
     outputs = {base: app.topic(name(base)) for base in ("agent.outcomes", "learn.groups", "deadletter")}
     outputs["internal"] = internal
 
-    def table(tname: str) -> faust.TableT:
-        return app.Table(tname, partitions=partitions)  # json keys and values (no key_type/value_type)
+    def table(tname: str, n: int = partitions) -> faust.TableT:
+        return app.Table(tname, partitions=n)  # json keys and values (no key_type/value_type)
 
     return Topology(
         market=market, actions=actions, internal=internal, symbol_inputs=symbol_inputs, outputs=outputs,
         book=table("market-book").tumbling(BUCKET_S, expires=None),
         trades=table("market-trades").tumbling(BUCKET_S, expires=None),
         index=table("market-index"), pending=table("pending-candidates"), agenda=table("agenda"),
-        closed=table("closed-groups"),
+        closed=table("closed-groups"), cursors=table("input-cursors"),
+        action_cursors=table("action-input-cursors", action_partitions),
     )
 
 

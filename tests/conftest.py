@@ -48,7 +48,7 @@ def kafka_settings(kafka_bootstrap: str, tmp_path: Path):
     from daemon.eventlog.admin import ensure_topics
 
     s = make_settings(kafka_bootstrap, tmp_path)
-    asyncio.run(ensure_topics(s, partitions=3))
+    asyncio.run(ensure_topics(s, partitions=3, keep_all=True))  # tests produce months-old captures
     return s
 
 

@@ -52,7 +52,7 @@ def test_flink_job_gives_the_faust_workers_groups(kafka_settings, shared_data, t
     # the job reads the worker's input topics and writes its own output topics (names configurable)
     sf = _settings(kafka_settings, data_dir=tmp_path / "flink",
                    kafka=kafka_settings.kafka.model_copy(update={"topic_prefix": kafka_settings.kafka.topic_prefix + "flink."}))
-    asyncio.run(ensure_topics(sf, partitions=3))
+    asyncio.run(ensure_topics(sf, partitions=3, keep_all=True))
     events, actions = _recorded(shared_data, 40, drop={(3, 2)})
     junk = [("market.events", b"\xff\xfenot json"), ("agent.actions", b'{"type": "agent.action"}')]
     asyncio.run(produce(s, [("market.events", e) for e in events] + [("agent.actions", a) for a in actions], raw=junk))

@@ -61,19 +61,20 @@ def make_actions(events, *, every_s: float = 2.0, group_size: int = 4, horizon_s
     return actions
 
 
-def live_feed(events, actions) -> list[tuple[int, int, bytes]]:
+def live_feed(events, actions, first_offset: int = 0) -> list[tuple[int, int, bytes, int]]:
     """Market records and candidates encoded and interleaved by event time, the way a live feed
-    delivers them: ``(ts_event, 0 market | 1 candidate, bytes)``."""
-    return sorted([(e.ts_event, 0, encode(e)) for e in events] + [(a.ts_event, 1, encode(a)) for a in actions],
-                  key=lambda x: (x[0], x[1]))
+    delivers them: ``(ts_event, 0 market | 1 candidate, bytes, offset)``. A market record's
+    offset is ``first_offset`` + its index in ``events`` (one partition, in capture order)."""
+    market = [(e.ts_event, 0, encode(e), first_offset + i) for i, e in enumerate(events)]
+    return sorted(market + [(a.ts_event, 1, encode(a), -1) for a in actions], key=lambda x: (x[0], x[1]))
 
 
 def run_feed(engine, feed) -> list:
     """Each record through the engine as the worker would (candidates routed first); the emits."""
     out = []
-    for ts, kind, raw in feed:
+    for ts, kind, raw, offset in feed:
         if kind == 0:
-            out += engine.on_market(raw, topic="market.events", partition=0, offset=0, wall_ns=ts)
+            out += engine.on_market(raw, topic="market.events", partition=0, offset=offset, wall_ns=ts)
         else:
             (routed,) = engine.route_action(raw, topic="agent.actions")
             out += engine.on_internal(routed.value, topic="internal", wall_ns=ts)

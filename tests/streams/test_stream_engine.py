@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import Action, GRPOGroup, Outcome, decode, encode
+from schemas import Action, BookTicker, GRPOGroup, Outcome, decode, encode
 from schemas.settings import GroupConfig, RewardConfig
 from streams.engine import SymbolEngine, tick_record
 from stream_cases import comparable, expected, live_feed, make_actions, market_events, run_feed
@@ -17,9 +17,9 @@ def _engine(reward, groups, **kw):
     return SymbolEngine(reward, groups, book={}, trades={}, index={}, pending={}, agenda={}, closed={}, **kw)
 
 
-def _run(engine, events, actions):
+def _run(engine, events, actions, first_offset: int = 0):
     """Interleave by event time the way a live feed would deliver them."""
-    return run_feed(engine, live_feed(events, actions))
+    return run_feed(engine, live_feed(events, actions, first_offset))
 
 
 @pytest.mark.parametrize("kind", ["pnl", "risk_adjusted"])
@@ -61,13 +61,49 @@ def test_replayed_input_after_restart_is_idempotent(shared_data):
     # "restart": same tables, a fresh clock, and the last 2000 events and all actions delivered again
     eng2 = SymbolEngine(reward, groups, book=eng.book, trades=eng.trades, index=eng.index, pending=eng.pending,
                         agenda=eng.agenda, closed=eng.closed)
-    second = _run(eng2, events[half - 2000:], actions)
+    second = _run(eng2, events[half - 2000:], actions, first_offset=half - 2000)
     groups_out = [decode(e.value).group_id for e in first + second if e.topic == "learn.groups"]
     assert len(groups_out) == len(set(groups_out))
     _, want = expected(events, actions, reward, groups)
     closed = {decode(e.value).group_id: decode(e.value) for e in first + second if e.topic == "learn.groups"}
     for gid, g in closed.items():
         assert comparable(g) == comparable(want[gid])
+
+
+def test_a_replay_ending_in_quotes_of_one_millisecond_leaves_the_book_path_as_it_was(shared_data):
+    """State ahead of the committed offset (a kill after the changelog was flushed): records
+    between the two are delivered again. Quotes that share the last stored quote's timestamp must
+    not be appended a second time: the volatility of the risk-adjusted reward sees every step."""
+    events = market_events(shared_data, seconds=40)
+    actions = make_actions(events, every_s=1.0)
+    reward = RewardConfig(kind="risk_adjusted", fee_bps=4.5, slippage_model="spread", slippage_bps=0.5)
+    groups = GroupConfig(group_size=4, grace_s=1.0)
+    quotes = [i for i, e in enumerate(events) if isinstance(e, BookTicker)]
+    # exchanges stamping in milliseconds send several price changes per timestamp: make the
+    # quote before the cut share the timestamp of the one at the cut (prices differ)
+    a, b = next((a, b) for a, b in zip(quotes[len(quotes) // 3:], quotes[len(quotes) // 3 + 1:])
+                if (events[a].bid_price, events[a].ask_price) != (events[b].bid_price, events[b].ask_price)
+                and all(not isinstance(e, BookTicker) for e in events[a + 1:b]))
+    events[a] = events[a].model_copy(update={"ts_event": events[b].ts_event})
+    for i in range(a + 1, b):
+        events[i] = events[i].model_copy(update={"ts_event": max(events[i].ts_event, events[b].ts_event)})
+    cut = b + 1
+    eng = _engine(reward, groups)
+    t_cut = events[cut - 1].ts_event
+    first = _run(eng, events[:cut], [a for a in actions if a.ts_event < t_cut])
+    eng2 = SymbolEngine(reward, groups, book=eng.book, trades=eng.trades, index=eng.index, pending=eng.pending,
+                        agenda=eng.agenda, closed=eng.closed)
+    second = _run(eng2, events[cut - 30:], [a for a in actions if a.ts_event >= t_cut], first_offset=cut - 30)
+    _, want = expected(events, actions, reward, groups)
+    got = {decode(e.value).group_id: decode(e.value) for e in first + second if e.topic == "learn.groups"}
+    assert len(got) > 20
+    for gid, g in got.items():
+        assert comparable(g) == comparable(want[gid]), gid
+    clean = _engine(reward, groups)
+    _run(clean, events, actions)
+    sk = "binance|" + events[0].symbol
+    span = (events[0].ts_event, events[-1].ts_event)
+    assert eng2.book_path(sk, *span).ts == clean.book_path(sk, *span).ts  # no quote twice
 
 
 def test_a_candidate_first_after_a_restart_does_not_score_restored_ones_early(shared_data):
@@ -77,8 +113,8 @@ def test_a_candidate_first_after_a_restart_does_not_score_restored_ones_early(sh
     eng = _engine(reward, groups)
     # the market up to just after the first group's t0 is in the state; its candidates are pending
     t_cut = actions[0].ts_event + S // 2
-    before = [e for e in events if e.ts_event <= t_cut]
-    out = _run(eng, before, [a for a in actions if a.ts_event <= t_cut])
+    k = next(i for i, e in enumerate(events) if e.ts_event > t_cut)
+    out = _run(eng, events[:k], [a for a in actions if a.ts_event <= t_cut])
     assert not any(e.topic == "agent.outcomes" for e in out) and eng.pending
     # restart (fresh clock); a later candidate is delivered before any market record
     eng2 = SymbolEngine(reward, groups, book=eng.book, trades=eng.trades, index=eng.index, pending=eng.pending,
@@ -88,7 +124,7 @@ def test_a_candidate_first_after_a_restart_does_not_score_restored_ones_early(sh
     early = eng2.on_internal(routed.value, topic="internal", wall_ns=later.ts_event)
     assert early == [], "restored candidates were scored before their quotes were replayed"
     # the rest of the market arrives: everything is scored on the full path
-    rest = _run(eng2, [e for e in events if e.ts_event > t_cut], [])
+    rest = _run(eng2, events[k:], [], first_offset=k)
     _, want = expected(events, actions, reward, groups)
     got = {decode(e.value).group_id: decode(e.value) for e in rest if e.topic == "learn.groups"}
     assert actions[0].group_id in got
