@@ -5,6 +5,7 @@ skip records, and only the agent knows which offsets it has processed."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -156,6 +157,8 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
     def positions() -> dict[tuple[str, int], int]:
         return {**routed.cursor.positions(), **symbols_in.cursor.positions()}
 
+    ends_probe: asyncio.Task | None = None
+
     async def refresh_ends() -> None:
         try:
             got = await app.consumer.highwaters(*(TP(*tp) for tp in positions()))
@@ -166,6 +169,7 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
 
     @app.timer(interval=conf.idle_tick_s)
     async def close_idle_windows() -> None:
+        nonlocal ends_probe
         # ticks go through the partition that owns the symbol, so only its agent touches state
         if app.tables.recovery.completed.is_set():
             if not state.ready:
@@ -175,19 +179,21 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
             assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in guards]
             for guard in (routed, symbols_in):
                 await guard.start([tp for tp in assigned if guards[tp[0]] is guard])
+            for symbol, sk, t in engine.idle_due(time.time_ns(),
+                                                 caught_up=lambda tp: _caught_up(symbols_in.cursor, tp, highwater)):
+                await topo.internal.send(key=symbol.encode(), value=tick_record(sk, t))
+            # consumer-thread calls below can each take a fetch wait (up to 0.5 s): after the
+            # ticks, and the end-offset probe in the background, so idle windows close on time
             now = time.monotonic()
+            if state.wants_ends(now) and (ends_probe is None or ends_probe.done()):
+                ends_probe = asyncio.create_task(refresh_ends())
             for guard in (routed, symbols_in):
                 for tp in guard.cursor.overdue(now):
                     await guard.seek_back(tp, "still missing after a seek")
-            if state.wants_ends(now):
-                await refresh_ends()
             if state.observe(positions(), highwater, now):
                 for tp, s in state.stalled.items():
                     await guards[tp[0]].seek_back(tp, f"stalled {s['stuck_s']} s behind {s['highwater']}")
                 _report_stall(app, state, now)
-            for symbol, sk, t in engine.idle_due(time.time_ns(),
-                                                 caught_up=lambda tp: _caught_up(symbols_in.cursor, tp, highwater)):
-                await topo.internal.send(key=symbol.encode(), value=tick_record(sk, t))
 
     @app.page("/healthz")
     async def healthz(web, request):  # noqa: ANN001 - faust's view signature
