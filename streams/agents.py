@@ -118,10 +118,28 @@ def _caught_up(cursor: InputCursor, tp: tuple[str, int],
     return nxt >= high
 
 
+def _candidates_in_flight(guards: dict[str, InputGuard], tps: list[tuple[str, int]],
+                          highwater: Callable[[tuple[str, int]], int | None]) -> bool:
+    """Could a candidate still arrive from the past? True unless every partition of the candidate
+    path (agent.actions, the internal topic) is processed to its end; True when unsure."""
+    if not tps:
+        return True
+    for tp in tps:
+        try:
+            high = highwater(tp)
+        except (KeyError, AssertionError, AttributeError):
+            return True
+        nxt = guards[tp[0]].cursor.next.get(tp)
+        if high is None or nxt is None or nxt < high:
+            return True
+    return False
+
+
 def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: StreamsSettings) -> None:
     internal = topo.internal.get_topic_name()
     routed = InputGuard(app, InputCursor(topo.action_cursors), "route-actions")
     symbols_in = InputGuard(app, InputCursor(topo.cursors), "symbols")
+    engine.hold_expiry = True  # until the timer has seen the candidate path caught up
 
     @app.agent(topo.actions, name="route-actions")
     async def route_actions(stream: faust.StreamT) -> None:
@@ -151,8 +169,8 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
     def highwater(tp: tuple[str, int]) -> int | None:
         return state.highwater(tp, app.consumer.highwater(TP(*tp)))
 
-    guards = {topo.actions.get_topic_name(): routed, internal: symbols_in,
-              topo.market.get_topic_name(): symbols_in}
+    actions_topic = topo.actions.get_topic_name()
+    guards = {actions_topic: routed, internal: symbols_in, topo.market.get_topic_name(): symbols_in}
 
     def positions() -> dict[tuple[str, int], int]:
         return {**routed.cursor.positions(), **symbols_in.cursor.positions()}
@@ -179,6 +197,8 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
             assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in guards]
             for guard in (routed, symbols_in):
                 await guard.start([tp for tp in assigned if guards[tp[0]] is guard])
+            engine.hold_expiry = _candidates_in_flight(
+                guards, [tp for tp in assigned if tp[0] in (actions_topic, internal)], highwater)
             for symbol, sk, t in engine.idle_due(time.time_ns(),
                                                  caught_up=lambda tp: _caught_up(symbols_in.cursor, tp, highwater)):
                 await topo.internal.send(key=symbol.encode(), value=tick_record(sk, t))

@@ -139,6 +139,11 @@ class SymbolEngine:
         self.keep_buckets = int(market_window_s / bucket_s) + 1
         self.clock = Clock(idle_after_s)
         self.source = source
+        # market buckets are kept while a candidate may still be on its way (the worker sets this
+        # while the router or the internal topic has a backlog): in catch-up the market can run
+        # further ahead of the candidates than market_window_s, and a candidate whose book was
+        # already expired would be scored on nothing
+        self.hold_expiry = False
         self.counters: dict[str, int] = {}
         self.tps: dict[str, tuple[str, int]] = {}  # sk -> market (topic, partition), for lag checks
 
@@ -240,6 +245,9 @@ class SymbolEngine:
             return
         first, last = span[0], span[1]
         if idx <= last:
+            return
+        if self.hold_expiry:
+            self.index[sk] = [first, idx, *span[2:]]
             return
         cutoff = idx - self.keep_buckets
         for old in range(first, min(cutoff, last + 1)):  # expire in event time

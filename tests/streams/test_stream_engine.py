@@ -106,6 +106,28 @@ def test_a_replay_ending_in_quotes_of_one_millisecond_leaves_the_book_path_as_it
     assert eng2.book_path(sk, *span).ts == clean.book_path(sk, *span).ts  # no quote twice
 
 
+def test_candidates_far_behind_the_market_are_scored_on_a_held_book(shared_data):
+    """Catch-up: all market data is processed before the candidates are routed. Expiry held (as
+    the worker does while candidates are in flight), they are scored on the full path; released,
+    the buckets expire and the oldest candidates would be scored on nothing."""
+    events = market_events(shared_data, seconds=150)
+    actions = make_actions(events, every_s=5.0)
+    reward, groups = RewardConfig(fee_bps=4.5, slippage_model="spread", slippage_bps=0.5), GroupConfig(group_size=4)
+    _, want = expected(events, actions, reward, groups)
+    outs = {}
+    for hold in (True, False):
+        eng = _engine(reward, groups)
+        eng.hold_expiry = hold
+        out = _run(eng, events, [])
+        out += _run(eng, [], actions)
+        outs[hold] = {decode(e.value).group_id: decode(e.value) for e in out if e.topic == "learn.groups"}
+    assert set(outs[True]) == set(want)
+    for gid, g in outs[True].items():
+        assert comparable(g) == comparable(want[gid]), gid
+    first = actions[0].group_id
+    assert outs[False][first].rewards != want[first].rewards  # why the hold exists
+
+
 def test_a_candidate_first_after_a_restart_does_not_score_restored_ones_early(shared_data):
     events = market_events(shared_data, seconds=30)
     actions = make_actions(events, every_s=3.0, group_size=3)  # no invalid candidate (scored at t0)
