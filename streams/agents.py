@@ -118,23 +118,6 @@ def _caught_up(cursor: InputCursor, tp: tuple[str, int],
     return nxt >= high
 
 
-def _candidates_in_flight(guards: dict[str, InputGuard], tps: list[tuple[str, int]],
-                          highwater: Callable[[tuple[str, int]], int | None]) -> bool:
-    """Could a candidate still arrive from the past? True unless every partition of the candidate
-    path (agent.actions, the internal topic) is processed to its end; True when unsure."""
-    if not tps:
-        return True
-    for tp in tps:
-        try:
-            high = highwater(tp)
-        except (KeyError, AssertionError, AttributeError):
-            return True
-        nxt = guards[tp[0]].cursor.next.get(tp)
-        if high is None or nxt is None or nxt < high:
-            return True
-    return False
-
-
 def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: StreamsSettings) -> None:
     internal = topo.internal.get_topic_name()
     routed = InputGuard(app, InputCursor(topo.action_cursors), "route-actions")
@@ -197,8 +180,11 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
             assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in guards]
             for guard in (routed, symbols_in):
                 await guard.start([tp for tp in assigned if guards[tp[0]] is guard])
-            engine.hold_expiry = _candidates_in_flight(
-                guards, [tp for tp in assigned if tp[0] in (actions_topic, internal)], highwater)
+            # a candidate may still come from the past unless its whole path (agent.actions, the
+            # internal topic) is processed to the end: hold market expiry until then
+            candidate_path = [tp for tp in assigned if tp[0] in (actions_topic, internal)]
+            engine.hold_expiry = not candidate_path or not all(
+                _caught_up(guards[tp[0]].cursor, tp, highwater) for tp in candidate_path)
             for symbol, sk, t in engine.idle_due(time.time_ns(),
                                                  caught_up=lambda tp: _caught_up(symbols_in.cursor, tp, highwater)):
                 await topo.internal.send(key=symbol.encode(), value=tick_record(sk, t))
@@ -237,7 +223,7 @@ def _report_stall(app: faust.App, state: WorkerHealth, now: float) -> None:
                     c._buffered_partitions, c.flow_active, app.flow_control.is_active(), app.producer.buffer.size,
                     _fetch_state(c, stalled))
     if state.exit_due():
-        # at-least-once: a restart resumes from the committed offsets and loses nothing (the same
+        # at-least-once: a restart resumes from the persisted input cursors and loses nothing (the same
         # path as a kill -9, which the tests exercise); outputs are deduplicated by event_id
         log.error("streams worker stalled past %.0f s: exiting for the supervisor to restart it", state.exit_after_s)
         logging.shutdown()

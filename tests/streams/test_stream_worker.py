@@ -143,18 +143,25 @@ def _assert_nothing_lost(ok, c, want_o, want_g, before: str = "") -> None:
     assert set(outs) == set(want_o) and len(_dedupe(c.records["agent.outcomes"])) == len(want_o)
 
 
-def test_kill9_and_restart_loses_no_group_and_duplicates_only_by_event_id(kafka_settings, shared_data, tmp_path):
-    s = _settings(kafka_settings)
-    cfg = write_config(s, tmp_path / "cfg.yaml")
-    events = market_events(shared_data, seconds=90)
-    actions = make_actions(events, every_s=1.0)
-    want_o, want_g = expected(events, actions, s.reward, s.groups)
+def _halves(events, actions):
+    """The input split at the middle market record: (first, rest) for ``produce``, candidates by
+    event time on the same side as their market data."""
     half = len(events) // 2
     t_half = events[half].ts_event
     first = [("market.events", e) for e in events[:half]] + [("agent.actions", a) for a in actions
                                                              if a.ts_event <= t_half]
     rest = [("market.events", e) for e in events[half:]] + [("agent.actions", a) for a in actions
                                                             if a.ts_event > t_half]
+    return first, rest
+
+
+def test_kill9_and_restart_loses_no_group_and_duplicates_only_by_event_id(kafka_settings, shared_data, tmp_path):
+    s = _settings(kafka_settings)
+    cfg = write_config(s, tmp_path / "cfg.yaml")
+    events = market_events(shared_data, seconds=90)
+    actions = make_actions(events, every_s=1.0)
+    want_o, want_g = expected(events, actions, s.reward, s.groups)
+    first, rest = _halves(events, actions)
     worker = Worker(s, cfg).start()
     try:
         worker.wait_ready()
@@ -239,17 +246,14 @@ def test_a_commit_past_unprocessed_input_loses_nothing(kafka_settings, shared_da
     events = market_events(shared_data, seconds=120)
     actions = make_actions(events, every_s=1.0)
     want_o, want_g = expected(events, actions, s.reward, s.groups)
-    half = len(events) // 2
-    t_half = events[half].ts_event
-    run(produce(s, [("market.events", e) for e in events[:half]]
-                + [("agent.actions", a) for a in actions if a.ts_event <= t_half]))
+    first, rest = _halves(events, actions)
+    run(produce(s, first))
     worker = Worker(s, cfg).start()
     try:
         worker.wait_ready()
         assert _groups_before_kill(s)[0], "no groups before the stop"
         worker.stop()  # a clean stop: offsets committed, the group left, so the commit below is accepted
-        run(produce(s, [("market.events", e) for e in events[half:]]
-                    + [("agent.actions", a) for a in actions if a.ts_event > t_half]))
+        run(produce(s, rest))
         moved = run(_commit_past(s, s.kafka.topic_prefix + "market.events", ahead=2000))
         assert moved, "no partition with 2000 unread records"
         worker.start()

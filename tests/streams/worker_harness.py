@@ -30,7 +30,6 @@ class Worker:
         self.settings, self.config = settings, config
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
-        self.stall_restarts = 0  # exits for a stalled input, restarted as a supervisor would
 
     def start(self) -> "Worker":
         env = dict(os.environ, EIGENLOOP_CONFIG=str(self.config), PYTHONUNBUFFERED="1")
@@ -53,7 +52,6 @@ class Worker:
         # the worker exits with 75 when an input partition stalls, for its supervisor to restart
         # it (streams.health); do what `eigenloop run` and Kubernetes do
         if proc.wait() == STALL_EXIT_CODE and proc is self.proc:
-            self.stall_restarts += 1
             self.start()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
