@@ -143,6 +143,15 @@ def _assert_nothing_lost(ok, c, want_o, want_g, before: str = "") -> None:
     assert set(outs) == set(want_o) and len(_dedupe(c.records["agent.outcomes"])) == len(want_o)
 
 
+def _recorded_case(kafka_settings, shared_data, tmp_path, seconds: float):
+    """Settings and their config file, ``seconds`` of capture with a group every second, and the
+    pure functions' outcomes and groups for them."""
+    s = _settings(kafka_settings)
+    events = market_events(shared_data, seconds=seconds)
+    actions = make_actions(events, every_s=1.0)
+    return s, write_config(s, tmp_path / "cfg.yaml"), events, actions, *expected(events, actions, s.reward, s.groups)
+
+
 def _halves(events, actions):
     """The input split at the middle market record: (first, rest) for ``produce``, candidates by
     event time on the same side as their market data."""
@@ -156,11 +165,7 @@ def _halves(events, actions):
 
 
 def test_kill9_and_restart_loses_no_group_and_duplicates_only_by_event_id(kafka_settings, shared_data, tmp_path):
-    s = _settings(kafka_settings)
-    cfg = write_config(s, tmp_path / "cfg.yaml")
-    events = market_events(shared_data, seconds=90)
-    actions = make_actions(events, every_s=1.0)
-    want_o, want_g = expected(events, actions, s.reward, s.groups)
+    s, cfg, events, actions, want_o, want_g = _recorded_case(kafka_settings, shared_data, tmp_path, 90)
     first, rest = _halves(events, actions)
     worker = Worker(s, cfg).start()
     try:
@@ -178,14 +183,10 @@ def test_kill9_and_restart_loses_no_group_and_duplicates_only_by_event_id(kafka_
 
 
 def test_kill9_in_catch_up_loses_no_group(kafka_settings, shared_data, tmp_path):
-    s = _settings(kafka_settings)
-    cfg = write_config(s, tmp_path / "cfg.yaml")
     # the whole input is in the log before the worker starts, so the kill lands in catch-up: a
     # pause in the input instead would be an idle live stream, whose windows the wall-clock timer
     # rightly closes (streams.engine.Clock), and the test would measure that, not the restart
-    events = market_events(shared_data, seconds=240)
-    actions = make_actions(events, every_s=1.0)
-    want_o, want_g = expected(events, actions, s.reward, s.groups)
+    s, cfg, events, actions, want_o, want_g = _recorded_case(kafka_settings, shared_data, tmp_path, 240)
     run(produce(s, [("market.events", e) for e in events] + [("agent.actions", a) for a in actions]))
     worker = Worker(s, cfg).start()
     try:
@@ -241,11 +242,7 @@ async def _commit_past(s, topic: str, ahead: int) -> dict[int, tuple[int, int]]:
 def test_a_commit_past_unprocessed_input_loses_nothing(kafka_settings, shared_data, tmp_path):
     """The consumer's committed offset is not trusted: the agents resume from their own
     persisted input cursors and seek back over a hole (streams.cursor)."""
-    s = _settings(kafka_settings)
-    cfg = write_config(s, tmp_path / "cfg.yaml")
-    events = market_events(shared_data, seconds=120)
-    actions = make_actions(events, every_s=1.0)
-    want_o, want_g = expected(events, actions, s.reward, s.groups)
+    s, cfg, events, actions, want_o, want_g = _recorded_case(kafka_settings, shared_data, tmp_path, 120)
     first, rest = _halves(events, actions)
     run(produce(s, first))
     worker = Worker(s, cfg).start()
