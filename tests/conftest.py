@@ -7,6 +7,7 @@ sets it), else the fixture starts its own under a temporary data folder and stop
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import uuid
 from pathlib import Path
@@ -57,3 +58,47 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"recorded data not found at {SHARED_DATA}; the checkout needs ../shared beside it")
     return SHARED_DATA
+
+
+class TinyCaptures:
+    """Writes small Binance captures (``<stamp> <combined-stream JSON>``, gzip) whose receive
+    stamps are in a chosen unit, so a test can compare one recording spelled in ns and in µs.
+
+    ``stamps_ns`` are the recorded instants of the lines, in ns; gaps from 1 ms to 4 s, all
+    whole microseconds so that the µs spelling is exact. Lines cycle bookTicker, trade,
+    markPrice (USD-M only; readers must skip it) and depth."""
+
+    stamps_ns = [1_680_652_800_000_000_000 + d  # 2023-04-05 00:00:00 UTC + d
+                 for d in (0, 1_000_000, 1_250_000, 250_000_000, 1_000_000_000, 4_000_123_000, 4_000_124_000,
+                           4_500_000_000)]
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @staticmethod
+    def payload(i: int, symbol: str = "BTCUSDT") -> str:
+        low, price = symbol.lower(), 100.0 + i
+        return [
+            f'{{"stream":"{low}@bookTicker","data":{{"u":{i},"s":"{symbol}","b":"{price}","B":"1.5",'
+            f'"a":"{price + 0.1}","A":"2.5"}}}}',
+            f'{{"stream":"{low}@trade","data":{{"e":"trade","s":"{symbol}","t":{i},"p":"{price}","q":"0.1",'
+            f'"m":true}}}}',
+            f'{{"stream":"{low}@markPrice@1s","data":{{"e":"markPriceUpdate","s":"{symbol}","p":"{price}"}}}}',
+            f'{{"stream":"{low}@depth@0ms","data":{{"e":"depthUpdate","s":"{symbol}","U":{i},"u":{i},"b":[],"a":[]}}}}',
+        ][i % 4]
+
+    def write(self, rel: str, ns_per_unit: int | list[int] = 1, symbol: str = "BTCUSDT") -> Path:
+        """``rel`` under the root, stamps divided by ``ns_per_unit`` (one per line, or one for all:
+        1 ns, 1000 µs, 1_000_000 ms, ...)."""
+        units = ns_per_unit if isinstance(ns_per_unit, list) else [ns_per_unit] * len(self.stamps_ns)
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt") as fh:
+            for i, (t, unit) in enumerate(zip(self.stamps_ns, units)):
+                fh.write(f"{t // unit} {self.payload(i, symbol)}\n")
+        return path
+
+
+@pytest.fixture
+def tiny_captures(tmp_path: Path) -> TinyCaptures:
+    return TinyCaptures(tmp_path)
