@@ -34,12 +34,14 @@ class Pacer:
             self._rec0 = first_ns
             self.started.set()
 
-    async def wait_due(self, recorded_ns: int) -> None:
+    def due(self, recorded_ns: int) -> float:
+        """Event-loop time at which a line recorded at ``recorded_ns`` (epoch ns) is due."""
         if math.isinf(self.speed):
-            delay = 0.0
-        else:
-            due = self._t0 + (recorded_ns - self._rec0) / 1e9 / self.speed
-            delay = due - asyncio.get_running_loop().time()
+            return self._t0
+        return self._t0 + (recorded_ns - self._rec0) / 1e9 / self.speed
+
+    async def wait_due(self, recorded_ns: int) -> None:
+        delay = self.due(recorded_ns) - asyncio.get_running_loop().time()
         # sleeping for every message costs more than the gaps at high speed: sleep only when
         # worth it, and otherwise yield now and then so clients and controls get a turn
         if delay > 0.002:

@@ -14,7 +14,11 @@ What a client sees, per connection (ccxt.pro dials one per watch type):
   or ``/dapi/v1``.
 
 Timing: one replay clock for all symbols and markets, started by ``play()``. Each symbol's
-files are streamed in recorded order; a line is sent ``(t - t_first) / speed`` after ``play()``.
+files are streamed in recorded order; a line is sent ``(t - t_first) / speed`` after ``play()``,
+with ``t`` the receive stamp in ns (the 2023-04 set's µs stamps are converted). The server plays
+one capture set: the data root means ``exchange_binance/`` (2024-08); another set is played by
+naming its folder; files of two sets in one folder are refused at start (one clock over both
+would wait out the months between them).
 The position in the recording (the cursor) is the server's, not the connection's: a client that
 reconnects resumes at the current position and never gets a line twice; lines played while
 nobody subscribed are gone, as on a live exchange. Subscribe before ``play()`` to receive the
@@ -34,7 +38,9 @@ import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from daemon.replay._serving import Binary, Outbox, Pacer, http_reply, is_websocket
-from daemon.replay.captures import MARKETS, Book, Capture, canonical_stream, dumps, exchange_info, find_captures, loads
+from daemon.errors import ReplayError
+from daemon.replay.captures import (MARKETS, Book, Capture, canonical_stream, check_one_set, dumps, exchange_info,
+                                    find_captures, loads)
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +49,8 @@ class BinanceReplayServer:
     """Replays ``exchange_binance/`` captures over websocket for ``symbols`` per market.
 
     Args:
-        data_path: the ``exchange_binance`` folder (or its parent, ``../shared/data``).
+        data_path: a capture set folder (``exchange_binance``, ``exchange_binance_2023-04``) or the
+            data root ``../shared/data``, which means ``exchange_binance``.
         symbols: market -> exchange ids, e.g. ``{"spot": ["BTCUSDT"], "usdm": ["BTCUSDT"]}``.
         speed: recorded gaps are divided by this; ``math.inf`` sends as fast as clients read.
         host, port: where to listen; port 0 picks a free one (see ``port`` after ``start()``).
@@ -75,6 +82,7 @@ class BinanceReplayServer:
         is sent before ``play()``."""
         for market, syms in self.symbols.items():
             self.captures += find_captures(self.root, market, syms)
+        check_one_set(self.captures)
         self._recorded = {m: {c.symbol.lower() for c in self.captures if c.market == m} for m in self.symbols}
         for cap in self.captures:
             if cap.snapshot is not None:
@@ -169,14 +177,19 @@ class BinanceReplayServer:
     # internals -------------------------------------------------------------------------------
     async def _play(self, cap: Capture) -> None:
         book = self.books.get((cap.market, cap.symbol))
-        for ts, stream, payload in cap.lines():
-            await self.pacer.wait_due(ts)
-            key = (cap.market, stream)
-            self.cursors[key] += 1
-            if book is not None and stream.endswith("@depth"):
-                book.apply(payload)
-            for ob in list(self._subs.get(key, ())):
-                await ob.put(payload)
+        try:
+            for ts, stream, payload in cap.lines():
+                await self.pacer.wait_due(ts)
+                key = (cap.market, stream)
+                self.cursors[key] += 1
+                if book is not None and stream.endswith("@depth"):
+                    book.apply(payload)
+                for ob in list(self._subs.get(key, ())):
+                    await ob.put(payload)
+        except ReplayError as e:
+            # the players' results are gathered only to set ``finished``: say it here, loudly
+            log.error("replay.binance.refused", market=cap.market, symbol=cap.symbol, error=str(e))
+            raise
         log.info("replay.binance.finished", market=cap.market, symbol=cap.symbol)
 
     async def _notify(self) -> None:

@@ -1,9 +1,15 @@
 """Reading the recorded Binance captures (``exchange_binance/``) without loading them whole.
 
-A capture file is gzip text, one message per line: ``<receive ns> <raw JSON>``. The JSON is
-the combined-stream envelope ``{"stream": ..., "data": ...}``, except one REST depth snapshot
-line (``{"lastUpdateId": ...}``) in the first file of each symbol. A symbol's files are read
-in name order (``..._20240808`` then ``..._20240809``), which is time order.
+A capture file is gzip text, one message per line: ``<receive stamp> <raw JSON>``; the stamp
+is epoch nanoseconds (2024-08 set) or microseconds (2023-04 set, ``*.dat.gz``), converted to ns
+by ``streams.capture.StampScale``. The JSON is the combined-stream envelope
+``{"stream": ..., "data": ...}``, except one REST depth snapshot line (``{"lastUpdateId": ...}``)
+in the first file of a symbol (the 2023-04 spot file has none). A symbol's files are read in
+name order (``..._20240808`` then ``..._20240809``), which is time order.
+
+One folder holds one capture set (one recording session). Files whose first stamps are more
+than ``MAX_FILE_GAP_NS`` apart are refused at start: played on one clock, the replay would
+otherwise wait out the gap between two sets (16 months between 2023-04 and 2024-08).
 
 Also here: the minimal exchangeInfo the replay serves (the captures have none; precision and
 limits below are approximate, good enough for ccxt's market parsing, not for order sizing) and
@@ -36,6 +42,7 @@ except ImportError:  # pragma: no cover
         return _stdjson.dumps(o, separators=(",", ":")).encode()
 
 from daemon.errors import ReplayError
+from streams.capture import CaptureFormatError, StampScale
 
 # market -> (folder, file prefix, REST base path); the REST paths are Binance's own, so ccxt's
 # URL templates work after only the host is replaced
@@ -46,6 +53,8 @@ MARKETS: dict[str, tuple[str, str, str]] = {
 }
 _ENVELOPE = b'{"stream":"'
 _SNAPSHOT = b'{"lastUpdateId"'
+# a set's files are UTC days: the next day's file starts at most a day after the previous one did
+MAX_FILE_GAP_NS = 25 * 3600 * 1_000_000_000
 
 
 def canonical_stream(name: str) -> str:
@@ -65,29 +74,41 @@ class Capture:
     files: list[Path]
     first_ns: int = 0
     snapshot: bytes | None = None  # the recorded REST depth snapshot line, byte for byte
+    file_first_ns: list[int] = field(default_factory=list)  # first stamp of each file, ns
 
     def lines(self) -> Iterator[tuple[int, str, bytes]]:
         """(receive ns, canonical stream, payload) for every stream message, in recorded order.
-        Streams the gz files; the snapshot line is skipped (it is served over REST)."""
+        Streams the gz files; the snapshot line is skipped (it is served over REST). A stamp
+        that is not epoch ns or µs, or a change of unit within a file, raises ``ReplayError``."""
         for path in self.files:
+            scale = StampScale(path)
             with gzip.open(path, "rb") as fh:
-                for line in fh:
+                for line_no, line in enumerate(fh, 1):
                     sp = line.find(b" ")
                     if sp <= 0:
                         continue
+                    ts = stamp_ns(scale, line[:sp], line_no)
                     payload = line[sp + 1:].rstrip(b"\r\n")
                     if not payload.startswith(_ENVELOPE):
                         continue
                     end = payload.index(b'"', len(_ENVELOPE))
                     stream = payload[len(_ENVELOPE):end].decode()
-                    yield int(line[:sp]), canonical_stream(stream), payload
+                    yield ts, canonical_stream(stream), payload
+
+
+def stamp_ns(scale: StampScale, stamp: bytes, line_no: int) -> int:
+    """``scale.to_ns`` with the replay's error type."""
+    try:
+        return scale.to_ns(stamp, line_no)
+    except CaptureFormatError as e:
+        raise ReplayError(str(e)) from e
 
 
 def find_captures(root: Path, market: str, symbols: list[str], scan_lines: int = 5000) -> list[Capture]:
-    """Locate each symbol's files and read its first timestamp and recorded snapshot.
+    """Locate each symbol's files and read its first timestamp (ns) and recorded snapshot.
 
     Raises ``ReplayError`` when a market or symbol has no capture (better at start than a
-    replay that silently sends nothing)."""
+    replay that silently sends nothing) or when a file's first stamp is not epoch ns or µs."""
     if market not in MARKETS:
         raise ReplayError(f"unknown market {market!r}; known: {sorted(MARKETS)}")
     folder, prefix, _ = MARKETS[market]
@@ -97,12 +118,11 @@ def find_captures(root: Path, market: str, symbols: list[str], scan_lines: int =
         if not files:
             raise ReplayError(f"no capture for {market} {sym} under {root / folder}")
         cap = Capture(market=market, symbol=sym.upper(), files=files)
+        cap.file_first_ns = [_first_ns(path) for path in files]
+        cap.first_ns = cap.file_first_ns[0]
         with gzip.open(files[0], "rb") as fh:
             for i, line in enumerate(fh):
-                sp = line.find(b" ")
-                payload = line[sp + 1:].rstrip(b"\r\n")
-                if i == 0:
-                    cap.first_ns = int(line[:sp])
+                payload = line[line.find(b" ") + 1:].rstrip(b"\r\n")
                 if payload.startswith(_SNAPSHOT):
                     cap.snapshot = payload
                     break
@@ -110,6 +130,27 @@ def find_captures(root: Path, market: str, symbols: list[str], scan_lines: int =
                     break
         out.append(cap)
     return out
+
+
+def _first_ns(path: Path) -> int:
+    scale = StampScale(path)
+    with gzip.open(path, "rb") as fh:
+        for line_no, line in enumerate(fh, 1):
+            sp = line.find(b" ")
+            if sp > 0:
+                return stamp_ns(scale, line[:sp], line_no)
+    raise ReplayError(f"{path} holds no stamped line")
+
+
+def check_one_set(captures: list[Capture]) -> None:
+    """Refuse files that are not one recording session (see the module docstring): sorted by
+    first stamp, no two consecutive files may start more than ``MAX_FILE_GAP_NS`` apart."""
+    starts = sorted((t, path) for cap in captures for t, path in zip(cap.file_first_ns, cap.files))
+    for (t0, p0), (t1, p1) in zip(starts, starts[1:]):
+        if t1 - t0 > MAX_FILE_GAP_NS:
+            raise ReplayError(
+                f"{p1} starts {(t1 - t0) / 86_400e9:.1f} days after {p0}: not one capture set; "
+                f"replay each set from its own folder (e.g. ../shared/data/exchange_binance_2023-04)")
 
 
 # Approximate trading rules (Binance, August 2024): tick size, lot step, contract size.
