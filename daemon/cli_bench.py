@@ -26,8 +26,10 @@ def _fees(text: str) -> list[float]:
 
 @bench_app.command("efficacy")
 def efficacy(
-    captures: Path = typer.Option(Path("../shared/data/exchange_binance"), "--captures",
-                                  help="folder of Binance gz captures (spot/, usdm_futures/, coinm_futures/)"),
+    captures: Optional[str] = typer.Option(
+        None, "--captures", help="comma-separated folders of Binance gz captures (spot/, usdm_futures/, "
+        "coinm_futures/), file names unique across them [default: ../shared/data/exchange_binance,"
+        "../shared/data/exchange_binance_2023-04]"),
     fees: str = typer.Option("0,4.5", "--fees", help="taker fee per side in bps, one run per value"),
     out: Path = typer.Option(Path("out/efficacy"), "--out", help="where summary.json, the PNG and records go"),
     quick: bool = typer.Option(False, "--quick", help="a one-minute wiring check, not a measurement"),
@@ -41,8 +43,9 @@ def efficacy(
     from daemon.efficacy import EfficacyConfig, run_efficacy
     from daemon.efficacy.report import render_markdown
 
-    kw: dict = {"captures": captures, "fees_bps": _fees(fees), "jobs": jobs,
-                "holdout": [h for h in holdout.split(",") if h]}
+    kw: dict = {"fees_bps": _fees(fees), "jobs": jobs, "holdout": [h for h in holdout.split(",") if h]}
+    if captures is not None:  # else the config's default: both recorded sets
+        kw["captures"] = captures
     if quick:
         kw.update(QUICK)
     if epochs is not None:

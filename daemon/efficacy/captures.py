@@ -51,7 +51,8 @@ def ccxt_symbol(market: str, raw: str) -> str:
 
 
 def _raw_symbol(path: Path) -> str:
-    # spot_btcusdt_20240808.gz, usdm_ethusdt_20240808.gz, cm_btcusd_perp_20240809.gz
+    # spot_btcusdt_20240808.gz, usdm_ethusdt_20240808.gz, cm_btcusd_perp_20240809.gz,
+    # usdm_btcusdt_20230404.dat.gz
     stem = path.name.split(".")[0]
     parts = stem.split("_")
     return "_".join(parts[1:-1])
@@ -61,26 +62,36 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def discover(root: Path, include: list[str], holdout: list[str]) -> list[CaptureFile]:
-    """Every capture under ``root`` matching ``include``, flagged held out by ``holdout``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"capture folder {root} does not exist (set --captures)")
-    out = []
-    for folder, (exchange, market) in FOLDERS.items():
-        for path in sorted((root / folder).glob("*.gz")):
-            if not _matches(path.name, include):
-                continue
-            out.append(CaptureFile(path=path, market=market, exchange=exchange,
-                                   symbol=ccxt_symbol(market, _raw_symbol(path)),
-                                   held_out=_matches(path.name, holdout)))
+def discover(roots: Path | Iterable[Path], include: list[str], holdout: list[str]) -> list[CaptureFile]:
+    """Every capture under the ``roots`` folders matching ``include`` (``*.gz`` and ``*.dat.gz``
+    alike), flagged held out by ``holdout``. Files are known by name (globs, per-file events), so
+    a name found in two folders is refused."""
+    roots = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    out: list[CaptureFile] = []
+    for root in roots:
+        if not root.is_dir():
+            raise FileNotFoundError(f"capture folder {root} does not exist (set --captures)")
+        for folder, (exchange, market) in FOLDERS.items():
+            for path in sorted((root / folder).glob("*.gz")):
+                if not _matches(path.name, include):
+                    continue
+                out.append(CaptureFile(path=path, market=market, exchange=exchange,
+                                       symbol=ccxt_symbol(market, _raw_symbol(path)),
+                                       held_out=_matches(path.name, holdout)))
     if not out:
-        raise FileNotFoundError(f"no capture under {root} matches {include}")
+        raise FileNotFoundError(f"no capture under {', '.join(map(str, roots))} matches {include}")
+    seen: dict[str, Path] = {}
+    for cap in out:
+        if cap.name in seen:
+            raise ValueError(f"capture {cap.name} is in two folders ({seen[cap.name]}, {cap.path}); "
+                             f"names must be unique across --captures")
+        seen[cap.name] = cap.path
     return out
 
 
 def load(cap: CaptureFile) -> list[MarketEvent]:
-    """Book tickers and trades of one file, renamed to the ccxt symbol, in file (= time) order."""
+    """Book tickers and trades of one file, renamed to the ccxt symbol, in file (= time) order;
+    timestamps (and so ``first_ns``/``last_ns``) in ns whatever the file's stamp unit."""
     events = [ev.model_copy(update={"symbol": cap.symbol, "key": cap.symbol})
               for ev in read_capture(cap.path, exchange=cap.exchange)]
     if events:

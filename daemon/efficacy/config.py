@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 from daemon.efficacy.prior import DEFAULT_ACTIONS
 
-DEFAULT_CAPTURES = Path("../shared/data/exchange_binance")
+# both recorded Binance sets: 2024-08 (ns stamps) and 2023-04 (µs stamps, ``*.dat.gz``); file
+# names are unique across them, which the holdout and include globs rely on
+DEFAULT_CAPTURES = (Path("../shared/data/exchange_binance"), Path("../shared/data/exchange_binance_2023-04"))
 PRIOR_VERSION = 1  # bump when daemon.efficacy.prior changes the bootstrap text
 
 # The resident model the benchmark learns with. Smaller than ``LearnerConfig()``'s default
@@ -41,7 +43,8 @@ class EfficacyConfig:
     r"""One efficacy run.
 
     > Data
-        captures (`Path`): folder with ``spot/``, ``usdm_futures/``, ``coinm_futures/`` gz captures.
+        captures (`list[Path]`): folders with ``spot/``, ``usdm_futures/``, ``coinm_futures/`` gz
+            captures (a single path, or a comma-separated string, is accepted too).
         holdout (`list[str]`): glob patterns (file names) kept out of training and of all tuning;
             reported separately. Default: the ``*_20240809`` files, i.e. the 5 minutes that follow
             the training window, on four of the six symbols (the time after training is held out).
@@ -70,7 +73,7 @@ class EfficacyConfig:
             imbalance and record the side shares (a diagnostic; 0 turns it off).
     """
 
-    captures: Path = DEFAULT_CAPTURES
+    captures: list[Path] = field(default_factory=lambda: list(DEFAULT_CAPTURES))
     holdout: list[str] = field(default_factory=lambda: ["*_20240809.gz"])
     include: list[str] = field(default_factory=lambda: ["*.gz"])
     max_decisions: int | None = None
@@ -95,7 +98,7 @@ class EfficacyConfig:
     cache_dir: Path | None = Path(".eigenloop/efficacy-cache")
 
     def __post_init__(self) -> None:
-        self.captures = Path(self.captures)
+        self.captures = capture_folders(self.captures)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
         self.fees_bps = [float(f) for f in self.fees_bps]
@@ -120,3 +123,13 @@ class EfficacyConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         return json.loads(json.dumps(d, default=str))
+
+
+def capture_folders(value: str | Path | list[str | Path] | tuple[str | Path, ...]) -> list[Path]:
+    """``captures`` as a list of folders: a path, a comma-separated string (the CLI's
+    ``--captures a,b``) or a list (what ``to_json`` writes, so a summary reruns as is)."""
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, Path) else list(value)
+    folders = [Path(str(x).strip()) for x in items if str(x).strip()]
+    if not folders:
+        raise ValueError("captures is empty: give at least one capture folder")
+    return folders
