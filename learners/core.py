@@ -15,10 +15,12 @@ from typing import Literal
 
 import torch
 
+from learners.grammar import is_market_prompt, mirror_market_completion, mirror_market_prompt
 from learners.grpo import LOSSES, all_block_terms, encode_group
 from learners.model import BlockDiffusionLM, ModelConfig
 from learners.objective import make_optimizers
 from learners.tokenizer import ByteTokenizer
+from learners.trajectory import trajectory_block_terms
 from schemas import BlockUpdate, GRPOGroup, deterministic_event_id
 
 
@@ -58,7 +60,16 @@ class LearnerConfig:
               No old/reference policy needed. Recommended.
             - "clipped": per-block PPO clip + k3 KL to the frozen reference; an approximation,
               because the policy ratio is a product over blocks.
-        mc_draws (`int`, default 2): K mask draws (stratified t) per block per group.
+        likelihood (`Literal["trajectory", "elbo"]`, default "trajectory"): what stands in for
+            log pi(o|q) in the loss.
+            - "trajectory": the exact log-probability of the sampled completion under the
+              sequential sampler (``learners.trajectory``); needs ``reveal_window=1`` and
+              ``sample_steps == gen_len``. No mask noise, and the side word is always scored.
+            - "elbo": the masked-diffusion ELBO, K mask draws per block (any sampler).
+        mirror (`bool`, default True): a market group also teaches its mirror image (signed
+            features flipped, long <-> short, the same advantages) in the same step, so a drift
+            that favours one side over the training days cannot pay. Social groups are unchanged.
+        mc_draws (`int`, default 2): K mask draws (stratified t) per block per group ("elbo").
         inner_steps (`int`, default 1): optimiser steps per group, reusing the same masks.
         clip_eps (`float`, default 0.2), beta (`float`, default 0.0): "clipped" only.
         block_selection (`Literal["all", "round_robin", "topk_loss"]`, default "all"):
@@ -89,12 +100,14 @@ class LearnerConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     remasking: Literal["low_confidence", "random"] = "random"
-    reveal_window: int | None = 2
+    reveal_window: int | None = 1
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 0.5
     loss_type: Literal["wd1", "clipped"] = "wd1"
+    likelihood: Literal["trajectory", "elbo"] = "trajectory"
+    mirror: bool = True
     mc_draws: int = 2
     inner_steps: int = 1
     clip_eps: float = 0.2
@@ -134,6 +147,17 @@ class LearnerConfig:
             raise ValueError(f"remasking={self.remasking!r}; use 'low_confidence' or 'random'")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.likelihood not in ("trajectory", "elbo"):
+            raise ValueError(f"likelihood={self.likelihood!r}; use 'trajectory' or 'elbo'")
+        if self.likelihood == "trajectory" and not self.sequential:
+            raise ValueError("likelihood='trajectory' is exact only for the sequential sampler: set reveal_window=1 "
+                             f"and sample_steps=gen_len (got reveal_window={self.reveal_window}, sample_steps="
+                             f"{self.sample_steps}, gen_len={self.gen_len}), or use likelihood='elbo'")
+
+    @property
+    def sequential(self) -> bool:
+        """One position per step, left to right: sampled completions have an exact likelihood."""
+        return self.reveal_window == 1 and self.sample_steps == self.gen_len
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -218,6 +242,40 @@ def has_signal(group: GRPOGroup) -> bool:
     return group.status != "skipped" and len(adv) >= 2 and max(adv) - min(adv) > 1e-12
 
 
+def learning_rows(state: LearnerState, group: GRPOGroup) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(x0, eligible, prompt_len, halves): the group's rows, followed by its mirror image's when
+    the mirror applies (``halves`` = 2; a mirror prompt has the original's length, so both stack)."""
+    tok, L = state.tokenizer, state.config.gen_len
+    prompt, comps = group.prompt, list(group.completions)
+    halves = 1
+    if mirrors(state.config, group):
+        prompt_m = mirror_market_prompt(prompt)
+        comps = comps + [mirror_market_completion(c) for c in comps]
+        halves = 2
+    x0, eligible = encode_group(tok, prompt, comps, L, state.device)
+    if halves == 2:
+        x0m, _ = encode_group(tok, prompt_m, comps[len(group.completions):], L, state.device)
+        x0[len(group.completions):] = x0m
+    return x0, eligible, x0.size(1) - L, halves
+
+
+def mirrors(config: LearnerConfig, group: GRPOGroup) -> bool:
+    return config.mirror and group.task == "market" and is_market_prompt(group.prompt)
+
+
+def block_terms_for(state: LearnerState, blocks: list[int], x0, eligible, prompt_len: int, use_ref, batched: bool):
+    """Each block's likelihood terms for the rows, by the configured likelihood; (terms, finish)."""
+    cfg = state.config
+    if cfg.likelihood == "trajectory":
+        tok = state.tokenizer
+        terms = trajectory_block_terms(state.model, blocks, x0, prompt_len, (tok.pad_token_id, tok.bos_token_id),
+                                       tok.eos_token_id, use_ref, want_entropy=cfg.entropy_coef > 0)
+        return terms, None
+    terms = all_block_terms(state.model, blocks, x0, eligible, cfg.mc_draws, state.generator, use_ref,
+                            want_entropy=cfg.entropy_coef > 0, batched=batched)
+    return terms, terms.pop("_finish", None)
+
+
 def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[BlockUpdate]]:
     """Apply one closed group. Returns the (mutated) state and one BlockUpdate per updated block.
 
@@ -229,7 +287,9 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
         return state, []
     cfg, model = state.config, state.model
     blocks = select_blocks(state)
-    x0, eligible = encode_group(state.tokenizer, group.prompt, group.completions, cfg.gen_len, state.device)
+    # the group's rows, and its mirror image's: one batch, one loss per half, one optimiser step
+    x0, eligible, prompt_len, halves = learning_rows(state, group)
+    G = len(group.completions)
     adv = torch.tensor(group.advantages, dtype=torch.float32, device=state.device)
     use_ref = state.ref_model if (cfg.beta > 0 or cfg.kl_bootstrap_coef > 0) else None
     before = {b: [p.detach().clone() for p in model.blocks[b].parameters()] for b in blocks}
@@ -243,19 +303,22 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
         state.generator.set_state(mask_state)  # the same masks every inner step (d1)
         for b in blocks:
             state.optimizers[b].zero_grad(set_to_none=True)
-        all_terms = all_block_terms(model, blocks, x0, eligible, cfg.mc_draws, state.generator, use_ref,
-                                    want_entropy=cfg.entropy_coef > 0, batched=batched)
+        all_terms, finish = block_terms_for(state, blocks, x0, eligible, prompt_len, use_ref, batched)
         for b in blocks:
             terms = all_terms[b]
             if it == 0:
                 old_share[b] = terms["share"].detach()
-            loss = LOSSES[cfg.loss_type](terms["share"], adv, cfg.gen_len, old_share=old_share[b],
-                                         ref_share=terms["ref_share"], clip_eps=cfg.clip_eps, beta=cfg.beta)
+            # the mirror is a group of its own: its weights are computed over its own G rows
+            loss = sum(LOSSES[cfg.loss_type](terms["share"][h * G:(h + 1) * G], adv, cfg.gen_len,
+                                             old_share=old_share[b][h * G:(h + 1) * G],
+                                             ref_share=terms["ref_share"][h * G:(h + 1) * G],
+                                             clip_eps=cfg.clip_eps, beta=cfg.beta)
+                       for h in range(halves))
             loss = loss - cfg.entropy_coef * terms["entropy"] + cfg.kl_bootstrap_coef * terms["kl"]
             losses[b] = loss
         torch.stack([losses[b] for b in blocks]).sum().backward()  # no parameter is shared
-        if "_finish" in all_terms:
-            all_terms["_finish"]()
+        if finish is not None:
+            finish()
         for b in blocks:
             params = list(model.blocks[b].parameters())
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -278,6 +341,7 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
             block=b, step=state.block_steps[b], group_id=group.group_id, loss=lv, grad_norm=grad_norms[b],
             checksum=block_checksum(model, b), policy_version=state.policy_version,
             update_norm=upd, param_norm=pnorm, lr=float(state.optimizers[b].param_groups[0]["lr"]),
+            mirrored=halves == 2, likelihood=cfg.likelihood,
         ))
     return state, updates
 

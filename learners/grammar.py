@@ -30,7 +30,15 @@ STOPS = (10, 20, 50, 100)
 # short names keep prompts short; unknown features keep their own (underscore-free) name
 _ALIASES = {"spread_bps": "sp", "imbalance": "im", "volume": "v", "social_posts": "sn",
             "social_likes": "sl", "social_reposts": "sr"}
-_ORDER = ["r1", "r10", "r60", "r300", "sp", "im", "v", "sn", "sl", "sr"]
+# Non-directional features first, then returns, imbalance last: the last feature before ">" sits
+# at a fixed distance from the completion, and positions count from the sequence end, so the sign
+# of the imbalance is always the same position away from the first action byte. A byte model
+# picks a fixed-position sign out far more easily than one whose place moves with the widths of
+# the volume and return fields before it.
+_ORDER = ["sp", "v", "sn", "sl", "sr", "r300", "r60", "r10", "r1", "im"]
+# signed (directional) features: their sign flips in the mirror image of a market; the others
+# (spread, volume, social counts) describe the market without a direction
+SIGNED = ("r1", "r10", "r60", "r300", "im")
 _RET = re.compile(r"^ret_(\d+)s$")
 
 
@@ -71,10 +79,42 @@ def _format_value(short: str, v: float) -> str:
 
 
 def format_market_prompt(symbol: str, features: dict[str, float]) -> str:
-    """``M <symbol> k=v ...>`` with known features first in a fixed order."""
+    """``M <symbol> k=v ...>``; unknown features first (sorted), then the known ones in ``_ORDER``."""
     items = {_short_name(k): _format_value(_short_name(k), float(v)) for k, v in features.items()}
-    keys = [k for k in _ORDER if k in items] + sorted(k for k in items if k not in _ORDER)
+    keys = sorted(k for k in items if k not in _ORDER) + [k for k in _ORDER if k in items]
     return " ".join(["M", symbol, *(f"{k}={items[k]}" for k in keys)]) + PROMPT_END
+
+
+def is_market_prompt(prompt: str) -> bool:
+    return prompt.startswith("M ")
+
+
+_SIGNED_VALUE = re.compile(r"(?<=[ ])(" + "|".join(SIGNED) + r")=([+-])([0-9.]+)(?=[ >])")
+
+
+def _flip(m: re.Match) -> str:
+    name, sign, digits = m.groups()
+    if not any(ch in "123456789" for ch in digits):
+        return m.group(0)  # zero has no direction: "+0" stays "+0"
+    return f"{name}={'-' if sign == '+' else '+'}{digits}"
+
+
+def mirror_market_prompt(prompt: str) -> str:
+    """The same market seen upside down: every signed feature's sign flipped, the rest unchanged.
+
+    A text-level flip keeps the prompt's length (the mirror lines up with the original token for
+    token) and is its own inverse.
+    """
+    return _SIGNED_VALUE.sub(_flip, prompt)
+
+
+_MIRROR_SIDE = {"long": "short", "short": "long"}
+
+
+def mirror_market_completion(text: str) -> str:
+    """long <-> short in the leading side word; anything else (flat, malformed) is unchanged."""
+    head, sep, rest = text.partition(" ")
+    return _MIRROR_SIDE.get(head, head) + sep + rest
 
 
 def _clean_post(text: str, max_chars: int) -> str:

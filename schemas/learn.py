@@ -54,6 +54,10 @@ class BlockUpdate(Event):
     param_norm: float = 0.0
     lr: float = 0.0
     coalesced: int = 1
+    # the step also learned from the group's mirror image (learners: LearnerConfig.mirror)
+    mirrored: bool = False
+    # what stood in for log pi(o|q): "trajectory" (exact) or "elbo"
+    likelihood: str = "elbo"
 
 
 class SnapshotMarker(Event):

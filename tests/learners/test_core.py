@@ -11,7 +11,7 @@ from schemas import GRPOGroup
 
 def tiny_config(**kw) -> LearnerConfig:
     base = dict(model=ModelConfig(n_blocks=3, n_layer=1, n_embd=32, n_head=2), gen_len=12,
-                sample_steps=6, lr=1e-3, device="cpu")
+                sample_steps=12, lr=1e-3, device="cpu")
     base.update(kw)
     return LearnerConfig(**base)
 
@@ -108,6 +108,8 @@ def test_sampling_is_deterministic_for_a_seed_and_batched():
 
 @pytest.mark.parametrize("kw, fragment", [
     (dict(sample_steps=7), "multiple of n_blocks"),
+    (dict(sample_steps=6), "sequential sampler"),
+    (dict(reveal_window=2), "sequential sampler"),
     (dict(block_selection="top"), "block_selection"),
     (dict(loss_type="ppo"), "loss_type"),
     (dict(beta=0.1, keep_reference=False), "keep_reference=True"),
@@ -131,8 +133,9 @@ def test_topk_loss_selection_prefers_unvisited_then_largest_loss():
 
 
 def test_vmapped_grpo_step_matches_the_loop():
-    a = build_state(tiny_config(batch_blocks="loop", kl_bootstrap_coef=0.1, entropy_coef=0.01))
-    b = build_state(tiny_config(batch_blocks="vmap", kl_bootstrap_coef=0.1, entropy_coef=0.01))
+    # vmap batches the ELBO's blocks x draws; the trajectory likelihood has no draws to batch
+    a = build_state(tiny_config(batch_blocks="loop", kl_bootstrap_coef=0.1, entropy_coef=0.01, likelihood="elbo"))
+    b = build_state(tiny_config(batch_blocks="vmap", kl_bootstrap_coef=0.1, entropy_coef=0.01, likelihood="elbo"))
     for i in range(2):
         a, ua = step(a, group(i))
         b, ub = step(b, group(i))

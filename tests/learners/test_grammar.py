@@ -15,7 +15,8 @@ from schemas import MarketActionSpec, SocialActionSpec
 def test_market_prompt_is_compact_and_ordered():
     p = format_market_prompt("BTCUSDT", {"volume": 1234.0, "ret_10s": -12.4, "ret_1s": 3.2,
                                          "spread_bps": 1.23, "imbalance": 0.351, "social_posts": 4})
-    assert p == "M BTCUSDT r1=+3 r10=-12 sp=1.23 im=+0.35 v=1.23k sn=4>"
+    # non-directional first, imbalance last (a fixed distance from the completion)
+    assert p == "M BTCUSDT sp=1.23 v=1.23k sn=4 r10=-12 r1=+3 im=+0.35>"
     assert format_social_prompt(["gm | all", "to the\nmoon"], 60) == "S h60 0:gm all|1:to the moon>"
 
 
