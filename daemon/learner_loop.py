@@ -28,6 +28,7 @@ from daemon.guard import CollapseGuard
 from daemon.learning import RECENT_GROUPS, Ewma, RecentIds, coalesce, plan_batches
 from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
+from daemon.side_probe import export_side_probe
 from learners.core import block_checksum
 from schemas import GRPOGroup, SnapshotMarker
 from schemas.settings import Settings
@@ -62,6 +63,8 @@ class LearnerLoop:
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self.guard = CollapseGuard(settings.guard, policy, snapshot_root)
+        self.side_probe: dict | None = None  # the last exact side probe (``refresh_side_probe``)
+        self._probed_version: int | None = None
         self._guard_dirty = False
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
@@ -201,6 +204,15 @@ class LearnerLoop:
             # right after it, so replays start past the intervention
             self._guard_dirty |= action.action != "raise_temperature"
         metrics.POLICY_VERSION.set(self.policy.policy_version)
+        every = self.s.learner.probe_every_updates
+        if every and (self._probed_version is None or self.policy.policy_version - self._probed_version >= every):
+            await asyncio.to_thread(self.refresh_side_probe)
+
+    def refresh_side_probe(self) -> dict | None:
+        """The exact side probe on the fixed prompts, exported as metrics (``daemon.side_probe``)."""
+        self._probed_version = self.policy.policy_version
+        self.side_probe = export_side_probe(self.policy)
+        return self.side_probe
 
     async def maybe_snapshot(self) -> Path | None:
         """Called with ``lock`` held."""

@@ -21,4 +21,9 @@ ORDERS = Counter("eigenloop_orders_total", "Orders sent to an executor", ["execu
 KILL_SWITCH = Gauge("eigenloop_kill_switch", "1 while the kill switch stops new orders")
 WS_RECONNECTS = Gauge("eigenloop_ws_reconnects", "Websocket reconnects across all streams")
 DEAD_LETTERS = Counter("eigenloop_daemon_dead_letters_total", "Dead letters written by the daemon", ["source"])
+SIDE_PROBABILITY = Gauge("eigenloop_policy_side_probability",
+                         "Exact probability that the policy writes each side for the fixed probe prompt at each "
+                         "imbalance (learners.probe)", ["imbalance", "side"])
+IMBALANCE_GAP = Gauge("eigenloop_policy_imbalance_gap",
+                      "[P(long) - P(short)] at imbalance +0.8 minus at -0.8: 0 when the policy ignores its input")
 CUDA_AVAILABLE = Gauge("eigenloop_learner_cuda_available", "1 when the resident model is on a CUDA device")

@@ -256,7 +256,8 @@ class Daemon:
                 "group_to_weights_p50_s": p(0.5), "group_to_weights_p99_s": p(0.99),
                 "dead_letters": self.dead_letters, "checksum": self.learner.checksum()[:12],
                 "learn_offset": self.learner.next_offset, "learn_lag": self.learner.lag(),
-                "market_span_s": round((self.market_last_ns - self.market_first_ns) / 1e9, 1)}
+                "market_span_s": round((self.market_last_ns - self.market_first_ns) / 1e9, 1),
+                "side_probe": self.learner.side_probe}
 
     async def _status_loop(self) -> None:
         while True:

@@ -136,6 +136,8 @@ class LearnerSettings(_Section):
     # broker, the streams worker and its own event loop, and OpenMP threads that spin on an
     # oversubscribed machine made a small model's step ~7x slower here. 0 keeps torch's default.
     torch_threads: int = Field(1, ge=0)
+    probe_every_updates: int = Field(10, ge=0, description="exact side probe (metrics, /status) every this many "
+                                     "policy versions; 0: never")
     # forwarded to learners.LearnerConfig, which validates it (kept loose here: schemas cannot
     # import learners)
     config: dict[str, Any] = {}

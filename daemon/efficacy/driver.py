@@ -30,30 +30,20 @@ from daemon.actor import Actor, Decision, choose_candidate
 from daemon.context import ContextWindow
 from daemon.efficacy.baselines import baseline_rewards, random_side, side_fills
 from daemon.policy import ResidentPolicy
-from learners.grammar import format_market_prompt, parse_action
+from learners.probe import imbalance_gap, imbalance_probe
 from schemas import Action
 from schemas.settings import ActorSettings, GroupConfig, RewardConfig
 from streams.grouping import close_group, window_end_ns
 from streams.rewards import BookPath, horizon_end_ns, paper_fill, score_action, to_outcome
 
 
-PROBE_IMBALANCES = (-0.8, 0.0, 0.8)
-PROBE_SAMPLES = 16
-
-
 def probe(policy: ResidentPolicy) -> dict[str, Any]:
-    """Side shares the policy samples for fixed prompts that differ only in imbalance.
+    """The policy's exact side probabilities for fixed prompts that differ only in imbalance.
 
     A diagnostic, not an input: it shows whether the policy's answer depends on the imbalance
-    (long share rising with it) or on nothing (a side it prefers everywhere)."""
-    out: dict[str, Any] = {"policy_version": policy.policy_version}
-    for im in PROBE_IMBALANCES:
-        prompt = format_market_prompt("BTCUSDT", {"ret_1s": 0.0, "ret_10s": 0.0, "ret_60s": 0.0, "spread_bps": 0.0162,
-                                                  "imbalance": im, "volume": 5e5})
-        texts, _ = policy.sample_sync(prompt, PROBE_SAMPLES, seed=12345)
-        sides = [getattr(parse_action(t, "market"), "side", "invalid") for t in texts]
-        out[f"im={im:+.1f}"] = {s: sides.count(s) / len(sides) for s in ("long", "short", "flat", "invalid")}
-    return out
+    (P(long) rising with it) or on nothing (a side it prefers everywhere)."""
+    answers = policy.with_state(lambda st: imbalance_probe(st, temperature=policy.base_temperature))
+    return {"policy_version": policy.policy_version, **answers, "gap": imbalance_gap(answers)}
 
 
 async def _discard(topic: str, event: object) -> None:
@@ -146,7 +136,7 @@ class LoopDriver:
             if self.log:
                 self.log(f"probe v{p['policy_version']}: " + " ".join(
                     f"{k} L{v['long']:.2f}/S{v['short']:.2f}/F{v['flat']:.2f}" for k, v in p.items()
-                    if k.startswith("im=")))
+                    if k.startswith("im=")) + f" gap {p['gap']:+.2f}")
         if self.log and len(records) % self.log_every == 0:
             last = records[-self.log_every:]
             self.log(f"{phase}: {len(records)} closed, policy_version {self.policy.policy_version}, "

@@ -168,12 +168,15 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
             assert rec["rewards"][5] == cfg.min_reward
             assert rec["learned"] == rec["rewards"][0] and rec["learned_unit"] == rec["rewards"][0]
             assert policy.policy_version == version + 1, "a group with spread must move the learner"
-    from daemon.efficacy.driver import PROBE_IMBALANCES, probe
+    from daemon.efficacy.driver import probe
+    from learners.probe import PROBE_IMBALANCES
 
-    shares = probe(policy)
-    assert shares["policy_version"] == policy.policy_version
+    answers = probe(policy)
+    assert answers["policy_version"] == policy.policy_version
     for im in PROBE_IMBALANCES:
-        assert sum(shares[f"im={im:+.1f}"].values()) == pytest.approx(1.0)
+        assert sum(answers[f"im={im:+.1f}"].values()) == pytest.approx(1.0)
+    lo, hi = answers["im=-0.8"], answers["im=+0.8"]
+    assert answers["gap"] == pytest.approx((hi["long"] - hi["short"]) - (lo["long"] - lo["short"]))
 
 
 def test_summary_is_the_mean_of_the_records(run):

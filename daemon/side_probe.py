@@ -1,0 +1,32 @@
+"""The live policy's exact side probe, exported for SREs: does the policy read its input?
+
+``learners.probe`` computes, for fixed prompts that differ only in the imbalance, the exact
+probability that the sampler writes each side. Exported as ``eigenloop_policy_side_probability``
+and the one-number ``eigenloop_policy_imbalance_gap``; 0 means the policy gives every market the
+same answer (a collapse onto one side, or a prior that never learned).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon import metrics
+from daemon.policy import ResidentPolicy
+from learners.probe import imbalance_gap, imbalance_probe
+
+
+def export_side_probe(policy: ResidentPolicy) -> dict[str, Any] | None:
+    """Probe the resident model under its lock and set the gauges; None when the model's sampler
+    has no exact side probability (it is not sequential), in which case nothing is exported."""
+    if not policy.state.config.sequential:
+        return None
+    version = policy.policy_version
+    answers: dict[str, dict[str, float]] = policy.with_state(  # type: ignore[assignment]
+        lambda st: imbalance_probe(st, temperature=policy.base_temperature))
+    for key, probs in answers.items():
+        for side, p in probs.items():
+            metrics.SIDE_PROBABILITY.labels(key.removeprefix("im="), side).set(p)
+    gap = imbalance_gap(answers)
+    metrics.IMBALANCE_GAP.set(gap)
+    return {"policy_version": version, "gap": round(gap, 4),
+            **{k: {s: round(p, 4) for s, p in v.items()} for k, v in answers.items()}}
