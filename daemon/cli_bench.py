@@ -14,7 +14,7 @@ bench_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Benchm
 # about a minute once the bootstrap is cached (the same one the full run uses), says nothing
 # about efficacy
 QUICK = {"include": ["usdm_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz"], "epochs": 1,
-         "max_decisions": 60, "probe_every": 0}
+         "max_decisions": 60, "probe_every": 0, "seeds": [0]}
 
 
 def _fees(text: str) -> list[float]:
@@ -33,13 +33,13 @@ def efficacy(
     quick: bool = typer.Option(False, "--quick", help="a one-minute wiring check, not a measurement"),
     holdout: str = typer.Option("*_20240809.gz", "--holdout", help="comma-separated file globs kept out of training"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="passes over the training captures"),
-    jobs: int = typer.Option(2, "--jobs", help="fee settings run in parallel processes"),
+    jobs: int = typer.Option(2, "--jobs", help="(fee, seed) runs in parallel processes"),
     set_: list[str] = typer.Option([], "--set", help="any EfficacyConfig field as key=JSON, e.g. --set lr=3e-3"),
 ) -> None:
     """Does the loop learn? Learned policy vs random, flat, imbalance heuristic and hindsight."""
     from daemon.cli import fail
     from daemon.efficacy import EfficacyConfig, run_efficacy
-    from daemon.efficacy.report import render_markdown
+    from daemon.efficacy.markdown import render_markdown
 
     kw: dict = {"captures": captures, "fees_bps": _fees(fees), "jobs": jobs,
                 "holdout": [h for h in holdout.split(",") if h]}

@@ -12,6 +12,8 @@ import math
 import pytest
 
 from daemon.efficacy.config import EfficacyConfig
+from daemon.efficacy.markdown import render_markdown
+from daemon.efficacy.report import summarise
 from daemon.efficacy.stats import (by_capture, paired, paired_report, paired_table, pool_seeds, probe_gap,
                                    spread)
 from daemon.efficacy.targets import evaluate, facts, mean_facts
@@ -136,6 +138,63 @@ def test_fee_targets_and_the_across_seed_mean():
     assert evaluate(1.0, mean) == []  # a fee without targets
 
 
+def two_seed_runs() -> list[dict]:
+    """Fee 0, seeds 0 and 1; two held-out captures and a training pass, the same decisions."""
+    def records(shift: float) -> list[dict]:
+        train = [rec(0.5 + shift, 0.0, 0.2, phase="train1", capture="t.gz", t0=i) for i in range(4)]
+        held_a = [rec(1.0 + shift, 0.0, 0.5, capture="a.gz", t0=10), rec(2.0 + shift, 1.0, 0.5, capture="a.gz", t0=11)]
+        held_b = [rec(-1.0 + shift, 0.0, 0.5, capture="b.gz", t0=12, symbol="ETH/USDT")]
+        return train + held_a + held_b
+
+    def run(seed: int, shift: float, gap_long: float) -> dict:
+        return {"fee_bps": 0.0, "seed": seed, "records": records(shift), "captures": [],
+                "probes": [probe_at(9, high=(gap_long, 0.0), low=(0.0, 0.0))],
+                "phases": [], "timing": {}, "unclosed_groups": 0, "final_policy_version": 9, "skipped_groups": 0}
+
+    return [run(0, 0.0, 0.6), run(1, 1.0, 0.2)]
+
+
+def test_summary_pools_seeds_and_renders_the_paired_table():
+    cfg = EfficacyConfig(fees_bps=[0.0], seeds=[0, 1])
+    summary = summarise(cfg, two_seed_runs())
+    fee = summary["fees"]["0"]
+    assert fee["seeds"] == [0, 1]
+    lr = "learned-random"
+    # held out, seed 0: differences 1, 1, -1 (mean 1/3); seed 1: 2, 2, 0 (mean 4/3)
+    assert fee["per_seed"]["0"]["paired"]["heldout"]["pooled"][lr]["mean"] == pytest.approx(1 / 3)
+    assert fee["per_seed"]["1"]["paired"]["heldout"]["pooled"][lr]["mean"] == pytest.approx(4 / 3)
+    # pooled: each decision averaged over the seeds -> 1.5, 1.5, -0.5; 3 decisions, not 6
+    pooled = fee["paired"]["heldout"]["pooled"][lr]
+    assert (pooled["mean"], pooled["n"]) == (pytest.approx(5 / 6), 3)
+    assert pooled["se"] == pytest.approx(math.sqrt(((2 / 3) ** 2 * 2 + (4 / 3) ** 2) / 2 / 3))
+    assert fee["paired"]["heldout"]["by_capture"]["b.gz"][lr]["mean"] == pytest.approx(-0.5)
+    assert fee["splits"]["heldout"]["learned"]["n"] == 3
+    assert fee["heldout_by_capture"]["a.gz"]["learned"]["mean"] == pytest.approx(2.0)  # (1, 2) and (2, 3)
+    across = fee["across_seeds"]
+    assert across["splits"]["heldout"][lr]["mean"] == pytest.approx(5 / 6)
+    assert across["splits"]["heldout"][lr]["sd"] == pytest.approx(math.sqrt(0.5))  # 1/3 and 4/3
+    assert (across["splits"]["heldout"]["learned"]["min"], across["splits"]["heldout"]["learned"]["max"]) == (
+        pytest.approx(2 / 3), pytest.approx(5 / 3))
+    assert across["probe_gap"]["mean"] == pytest.approx(0.4)  # 0.6 and 0.2
+    # probe target: seed 0 met (0.6), seed 1 missed (0.2), the across-seed mean 0.4 met
+    probe_met = [[t["met"] for t in fee["per_seed"][s]["targets"] if t["name"].startswith("probe")][0]
+                 for s in ("0", "1")]
+    assert probe_met == [True, False]
+    assert [t["met"] for t in fee["targets_mean"]["targets"] if t["name"].startswith("probe")] == [True]
+
+    md = render_markdown(summary)
+    assert "| split | capture | learned − random | learned − heuristic | learned − random_expected | n |" in md
+    assert "| heldout | all captures | +0.833 ± 0.667 |" in md
+    assert "| heldout | b.gz | -0.500 |" in md
+    assert "| 0 | +0.667 ± 0.882 | +0.333 ± 0.667 |" in md  # seed 0: learned, learned - random
+    assert "| mean across seeds | +1.167 | +0.833 |" in md
+    assert "| sd across seeds | 0.707 | 0.707 |" in md
+    assert "| probe gap >= 0.3 (last probe) | +0.600 vs +0.300: met | +0.200 vs +0.300: missed | " \
+           "+0.400 vs +0.300: met |" in md
+    assert "| 0 | v9 (heldout) | 0.00 / 0.00 / 1.00 | 0.30 / 0.30 / 0.40 | 0.60 / 0.00 / 0.40 | +0.60 |" in md
+    assert "Wall time" in md
+
+
 def test_config_seeds_and_one_config_per_seed():
     cfg = EfficacyConfig()
     assert cfg.seeds == [0, 1, 2]
@@ -146,3 +205,11 @@ def test_config_seeds_and_one_config_per_seed():
         with pytest.raises(ValueError, match="seeds"):
             EfficacyConfig(seeds=bad)
 
+
+def test_curve_draws_several_seeds_and_their_probes(tmp_path):
+    from daemon.efficacy.plots import write_curve
+
+    runs = two_seed_runs()
+    runs[1]["probes"].insert(0, probe_at(0, high=(0.3, 0.3), low=(0.3, 0.3)))
+    write_curve(runs, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
