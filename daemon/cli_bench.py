@@ -24,6 +24,14 @@ def _fees(text: str) -> list[float]:
         raise typer.BadParameter(f"--fees {text!r}: expected comma-separated numbers, e.g. 0,4.5")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> ``[0, 1, 2]``; a ValueError that names the option otherwise."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
 @bench_app.command("efficacy")
 def efficacy(
     captures: Path = typer.Option(Path("../shared/data/exchange_binance"), "--captures",
@@ -33,6 +41,8 @@ def efficacy(
     quick: bool = typer.Option(False, "--quick", help="a one-minute wiring check, not a measurement"),
     holdout: str = typer.Option("*_20240809.gz", "--holdout", help="comma-separated file globs kept out of training"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="passes over the training captures"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="learner seeds, one run per seed and fee "
+                                        "(default 0,1,2; --quick: 0)"),
     jobs: int = typer.Option(2, "--jobs", help="(fee, seed) runs in parallel processes"),
     set_: list[str] = typer.Option([], "--set", help="any EfficacyConfig field as key=JSON, e.g. --set lr=3e-3"),
 ) -> None:
@@ -54,6 +64,8 @@ def efficacy(
         except json.JSONDecodeError:
             kw[key] = value
     try:
+        if seeds is not None:
+            kw["seeds"] = parse_seeds(seeds)
         cfg = EfficacyConfig(**kw)
         summary = run_efficacy(cfg, out, log=lambda m: typer.echo(f"[efficacy] {m}"))
     except (TypeError, ValueError, FileNotFoundError) as e:
