@@ -1,4 +1,4 @@
-"""Orchestration: bootstrap once, one learner per fee setting, phases in order, then the report.
+"""Orchestration: a bootstrap per seed, one learner per (fee, seed), phases in order, then the report.
 
 Phases of one fee run: ``train1`` .. ``train<epochs>`` (the training captures merged in event
 time, one pass each) then ``heldout`` (the held-out captures, merged). The learner keeps
@@ -66,8 +66,8 @@ def initial_state(cfg: EfficacyConfig, weights: Path):
 
 def run_fee(cfg: EfficacyConfig, fee_bps: float, weights: Path, log: Log = _quiet,
             records_path: Path | None = None) -> dict[str, Any]:
-    """One learner through every phase at one fee setting; returns its decision records (and
-    appends each to ``records_path`` as it closes, when given)."""
+    """One learner (seeded by ``cfg.seed``) through every phase at one fee setting; returns its
+    decision records (and appends each to ``records_path`` as it closes, when given)."""
     import torch
 
     from daemon.policy import ResidentPolicy
@@ -116,7 +116,7 @@ def run_fee(cfg: EfficacyConfig, fee_bps: float, weights: Path, log: Log = _quie
     if sink_fh is not None:
         sink_fh.close()
     return {
-        "fee_bps": fee_bps, "records": records, "phases": phase_info,
+        "fee_bps": fee_bps, "seed": cfg.seed, "records": records, "phases": phase_info,
         "captures": [{"name": c.name, "market": c.market, "exchange": c.exchange, "symbol": c.symbol,
                       "held_out": c.held_out, "first_ns": c.first_ns, "last_ns": c.last_ns} for c in caps],
         "timing": {"load_s": round(load_s, 1), "sample_s": round(driver.sample_s, 1),
@@ -138,20 +138,24 @@ def reference_variants(cfg: EfficacyConfig) -> dict[str, Any] | None:
                              latency_ms=cfg.latency_ms, seed=cfg.seed)
 
 
-def _records_path(out_dir: Path, fee: float) -> Path:
-    return out_dir / f"decisions-fee{fee:g}.jsonl"
+def decisions_path(out_dir: Path, fee: float, seed: int) -> Path:
+    return out_dir / f"decisions-fee{fee:g}-seed{seed}.jsonl"
 
 
-def _run_fee_job(args: tuple) -> dict[str, Any]:
+def run_job(args: tuple) -> dict[str, Any]:
+    """One (fee, seed) run in a worker process (its progress goes to stdout, tagged)."""
     cfg, fee, weights, out_dir = args
-    return run_fee(cfg, fee, weights, log=lambda m: print(f"[efficacy] {m}", flush=True),
-                   records_path=_records_path(out_dir, fee))
+    return run_fee(cfg, fee, weights, log=lambda m: print(f"[efficacy] seed {cfg.seed} {m}", flush=True),
+                   records_path=decisions_path(out_dir, fee, cfg.seed))
 
 
 def run_efficacy(cfg: EfficacyConfig, out_dir: Path, log: Log = _quiet) -> dict[str, Any]:
-    """The whole benchmark: writes ``summary.json``, ``summary.md``, ``learning_curve.png`` and
-    ``decisions-fee<f>.jsonl`` under ``out_dir``; returns the summary."""
-    from daemon.efficacy.report import render_markdown, summarise, write_curve
+    """The whole benchmark: one run per (fee, seed); writes ``summary.json``, ``summary.md``,
+    ``learning_curve.png`` and ``decisions-fee<f>-seed<s>.jsonl`` under ``out_dir``; returns the
+    summary."""
+    from daemon.efficacy.markdown import render_markdown
+    from daemon.efficacy.plots import write_curve
+    from daemon.efficacy.report import summarise
 
     import torch
 
@@ -159,23 +163,28 @@ def run_efficacy(cfg: EfficacyConfig, out_dir: Path, log: Log = _quiet) -> dict[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    weights, boot = ensure_bootstrap(cfg, out_dir, log)
-    jobs = max(1, min(cfg.jobs, len(cfg.fees_bps)))
+    # each seed its own bootstrap (the cache key holds the seed), made here, before the workers,
+    # so that two fees of one seed never race to write the same cache entry
+    boots = {seed: ensure_bootstrap(cfg.for_seed(seed), out_dir, log) for seed in cfg.seeds}
+    job_args = [(cfg.for_seed(seed), fee, boots[seed][0], out_dir) for fee in cfg.fees_bps for seed in cfg.seeds]
+    jobs = max(1, min(cfg.jobs, len(job_args)))
     if jobs > 1:
         # spawn, not fork: the parent has torch's thread pools up after the bootstrap
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            runs = list(pool.map(_run_fee_job, [(cfg, f, weights, out_dir) for f in cfg.fees_bps]))
+            runs = list(pool.map(run_job, job_args))
     else:
-        runs = [run_fee(cfg, f, weights, log, _records_path(out_dir, f)) for f in cfg.fees_bps]
+        runs = [run_fee(c, fee, w, lambda m, s=c.seed: log(f"seed {s} {m}"), decisions_path(d, fee, c.seed))
+                for c, fee, w, d in job_args]
     summary = summarise(cfg, runs)
-    summary["reference_variants"] = reference_variants(cfg)
-    summary["bootstrap"] = {"path": str(weights), **boot}
+    summary["reference_variants"] = reference_variants(cfg.for_seed(cfg.seeds[0]))
+    summary["bootstrap"] = {str(seed): {"path": str(path), **info} for seed, (path, info) in boots.items()}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     summary["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "processor": platform.processor() or platform.machine(), "python": platform.python_version()}
     summary["outputs"] = {"png": str(out_dir / "learning_curve.png"), "json": str(out_dir / "summary.json"),
-                          "decisions": [str(_records_path(out_dir, r["fee_bps"])) for r in runs]}
-    write_curve(runs, summary, out_dir / "learning_curve.png")
+                          "md": str(out_dir / "summary.md"),
+                          "decisions": [str(decisions_path(out_dir, r["fee_bps"], r["seed"])) for r in runs]}
+    write_curve(runs, out_dir / "learning_curve.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out_dir / "summary.md").write_text(render_markdown(summary))
     return summary

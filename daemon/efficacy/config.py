@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,7 +68,10 @@ class EfficacyConfig:
         bootstrap_steps (`int`): grammar pretraining before the first decision (cached on disk).
         bootstrap_actions (`list[str]`): the vocabulary of that pretraining, sides uniformly at
             random (``daemon.efficacy.prior``); the grammar and parser stay the full ones.
-        seed (`int`): actor sampling, learner init and the random baseline.
+        seeds (`list[int]`): one independent run (fresh learner, its own bootstrap) per seed and
+            fee; the report gives each seed, the mean and spread across seeds, and all pooled.
+        seed (`int`): actor sampling, learner init, bootstrap and the random baseline of one
+            run; ``run_efficacy`` sets it from ``seeds`` (``for_seed``), so set ``seeds`` instead.
         probe_every (`int`): every this many decisions, sample fixed prompts that differ only in
             imbalance and record the side shares (a diagnostic; 0 turns it off).
     """
@@ -92,6 +95,7 @@ class EfficacyConfig:
     learner: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_LEARNER)))
     bootstrap_steps: int = 400
     bootstrap_actions: list[str] = field(default_factory=lambda: list(DEFAULT_ACTIONS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     seed: int = 0
     probe_every: int = 100
     jobs: int = 1
@@ -108,6 +112,14 @@ class EfficacyConfig:
             raise ValueError(f"group_size={self.group_size}: GRPO needs at least two candidates per group")
         if not self.fees_bps:
             raise ValueError("fees_bps is empty: give at least one fee setting")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ValueError(f"seeds={self.seeds!r}: give a non-empty list of integers, e.g. [0, 1, 2]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds!r}: a seed given twice would be the same run twice")
+
+    def for_seed(self, seed: int) -> "EfficacyConfig":
+        """The config of one run: this one with ``seed`` (and only it in ``seeds``)."""
+        return replace(self, seed=seed, seeds=[seed])
 
     def learner_dict(self) -> dict[str, Any]:
         """``LearnerConfig`` kwargs: the learner dict plus the knobs named at top level."""

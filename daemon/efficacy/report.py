@@ -1,5 +1,7 @@
-"""Figures from decision records: the table per fee and split, the reference check, the targets,
-the learning-curve PNG and a markdown rendering of the summary.
+"""Figures from decision records: per fee, each seed's tables, paired differences and targets,
+the same pooled over seeds, the spread across seeds and the reference check. The PNG is drawn by
+``daemon.efficacy.plots``, the markdown by ``daemon.efficacy.markdown``; the arithmetic is
+``daemon.efficacy.stats``.
 
 Rows (mean bps per decision +- standard error over the same decisions):
 - ``learned``: the candidate the actor executed, scored as the learner scores it (size x pnl bps);
@@ -11,6 +13,9 @@ Rows (mean bps per decision +- standard error over the same decisions):
 - ``random``, ``flat``, ``heuristic``, ``hindsight``: the baselines (``daemon.efficacy.baselines``);
   ``random_expected`` is the random policy's expectation (the mean of the three sides), the same
   figure without the draw's noise.
+
+Pooled over seeds means per decision, averaged over the seeds (``stats.pool_seeds``): the n of
+an SE is the decisions, never decisions x seeds.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from typing import Any
 
 from daemon.efficacy.baselines import mean_se
 from daemon.efficacy.config import EfficacyConfig
+from daemon.efficacy.stats import (PAIR_NAMES, by_capture, last_probe, paired_report, pool_seeds, probe_gap,
+                                   spread)
+from daemon.efficacy.targets import evaluate, facts, mean_facts
 
 ROWS = ("learned", "learned_unit", "learned_modal", "group_mean",
         "random", "random_expected", "flat", "heuristic", "hindsight")
@@ -29,14 +37,19 @@ REFERENCE = {
     0.0: {"random": (-0.23, 0.17), "heuristic": (0.28, 0.11), "hindsight": (1.87, None)},
     4.5: {"random": (-5.95, None), "heuristic": (-3.33, None), "hindsight": (0.02, None)},
 }
-TARGETS = {0.0: 0.15, 4.5: -0.5}  # learned policy on held-out data, bps per decision, at least
+# the splits paired differences and across-seed spreads are given for (heldout is the one that counts)
+PAIRED_SPLITS = ("heldout", "train_second_half")
 
 
-def table(records: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {row: mean_se([r[row] for r in records]) for row in ROWS}
+def rows(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {row: mean_se([r[row] for r in records]) for row in ROWS}
+
+
+def activity(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the executed candidates did: shares of trades and sides, invalid candidates."""
     n = len(records)
     executed = [r["executed_side"] for r in records]
-    out["activity"] = {
+    return {
         "decisions": n,
         "trade_share": sum(s in ("long", "short") for s in executed) / n if n else math.nan,
         "long_share": executed.count("long") / n if n else math.nan,
@@ -45,10 +58,20 @@ def table(records: list[dict[str, Any]]) -> dict[str, Any]:
                                     / max(1, sum(len(r["sides"]) for r in records))),
         "heuristic_trade_share": sum(abs(r["imbalance"]) > 0.6 for r in records) / n if n else math.nan,
     }
-    return out
 
 
-def _splits(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def table(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**rows(records), "activity": activity(records)}
+
+
+def pooled_table(record_lists: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Rows over decisions, each averaged over the seeds; activity over every seed's records."""
+    pooled = pool_seeds(record_lists, ROWS)
+    raw = [r for rs in record_lists for r in rs]
+    return {**rows(pooled), "activity": {**activity(raw), "decisions": len(pooled), "seed_decisions": len(raw)}}
+
+
+def split_records(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     train = [r for r in records if r["phase"].startswith("train")]
     held = [r for r in records if r["phase"] == "heldout"]
     return {"train_second_half": train[len(train) // 2:], "heldout": held,
@@ -83,157 +106,67 @@ def reference_check(records: list[dict[str, Any]], fee: float, capture: str) -> 
     return out
 
 
-def summarise(cfg: EfficacyConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    fees: dict[str, Any] = {}
-    for run in runs:
-        recs, fee = run["records"], run["fee_bps"]
-        splits = _splits(recs)
-        by_cap: dict[str, list] = {}
-        for r in splits["heldout"]:
-            by_cap.setdefault(r["capture"], []).append(r)
-        held = table(splits["heldout"]) if splits["heldout"] else None
-        target = TARGETS.get(fee)
-        fees[f"{fee:g}"] = {
-            "fee_bps": fee,
-            "splits": {name: table(rs) for name, rs in splits.items() if rs},
-            "heldout_by_capture": {cap: table(rs) for cap, rs in sorted(by_cap.items())},
-            "reference_check": reference_check(recs, fee, cfg.reference_capture),
-            "target": None if target is None or held is None else {
-                "threshold": target, "learned": held["learned"]["mean"], "met": held["learned"]["mean"] >= target},
-            "phases": run["phases"], "timing": run["timing"], "unclosed_groups": run["unclosed_groups"],
-            "probes": run.get("probes", []),
-            "final_policy_version": run["final_policy_version"], "skipped_groups": run["skipped_groups"],
-        }
-    return {"config": cfg.to_json(), "captures": runs[0]["captures"] if runs else [], "fees": fees}
+def seed_summary(run: dict[str, Any], reference_capture: str) -> dict[str, Any]:
+    """One (fee, seed) run: its tables, paired differences, probe and targets."""
+    recs, fee = run["records"], run["fee_bps"]
+    splits = split_records(recs)
+    probes = run.get("probes") or []
+    seed_facts = facts(splits["heldout"], probes)
+    return {
+        "seed": run["seed"],
+        "splits": {name: table(rs) for name, rs in splits.items() if rs},
+        "paired": {name: paired_report(splits[name]) for name in PAIRED_SPLITS if splits[name]},
+        "heldout_by_capture": {cap: table(rs) for cap, rs in by_capture(splits["heldout"]).items()},
+        "reference_check": reference_check(recs, fee, reference_capture),
+        "probes": probes, "probe_last": last_probe(probes), "probe_gap": probe_gap(last_probe(probes)),
+        "facts": seed_facts, "targets": evaluate(fee, seed_facts),
+        "phases": run["phases"], "timing": run["timing"], "unclosed_groups": run["unclosed_groups"],
+        "final_policy_version": run["final_policy_version"], "skipped_groups": run["skipped_groups"],
+    }
 
 
-def _rolling(xs: list[float], w: int) -> list[float]:
-    out, acc = [], 0.0
-    for i, x in enumerate(xs):
-        acc += x
-        if i >= w:
-            acc -= xs[i - w]
-        out.append(acc / min(i + 1, w))
+def pooled_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """All seeds' decisions of one fee together, each decision averaged over the seeds."""
+    per_seed = [split_records(r["records"]) for r in runs]
+    lists = {name: [s[name] for s in per_seed] for name in per_seed[0]}
+    held = lists["heldout"]
+    captures = by_capture(r for rs in held for r in rs)
+    return {
+        "splits": {name: pooled_table(ls) for name, ls in lists.items() if any(ls)},
+        "paired": {name: paired_report(pool_seeds(lists[name], ROWS)) for name in PAIRED_SPLITS if any(lists[name])},
+        "heldout_by_capture": {cap: pooled_table([[r for r in rs if r["capture"] == cap] for rs in held])
+                               for cap in captures},
+    }
+
+
+def across_seeds(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, sd and min..max across seeds of each seed's learned mean, paired means and probe gap."""
+    out: dict[str, Any] = {"splits": {}}
+    for name in PAIRED_SPLITS:
+        have = [s for s in seeds if name in s["paired"]]
+        if not have:
+            continue
+        out["splits"][name] = {"learned": spread(s["splits"][name]["learned"]["mean"] for s in have),
+                               **{p: spread(s["paired"][name]["pooled"][p]["mean"] for s in have)
+                                  for p in PAIR_NAMES}}
+    out["probe_gap"] = spread(s["probe_gap"] for s in seeds)
     return out
 
 
-def write_curve(runs: list[dict[str, Any]], summary: dict[str, Any], path) -> None:
-    """Reward per decision against policy_version, one panel per fee, baselines as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(runs), 2, figsize=(15, 4.2 * len(runs)), squeeze=False,
-                             gridspec_kw={"width_ratios": [2, 1]})
-    colours = {"random": "tab:red", "flat": "black", "heuristic": "tab:green", "hindsight": "tab:purple"}
-    for pax, run in zip(axes[:, 1], runs):
-        _probe_panel(pax, run)
-    for ax, run in zip(axes[:, 0], runs):
-        recs = run["records"]
-        if not recs:
-            continue
-        w = max(10, min(100, len(recs) // 10))
-        x = [r["policy_version"] for r in recs]
-        ax.plot(x, _rolling([r["learned"] for r in recs], w), color="tab:blue", lw=1.5,
-                label=f"learned, executed (rolling {w})")
-        ax.plot(x, _rolling([r["group_mean"] for r in recs], w), color="tab:cyan", lw=1, alpha=0.8,
-                label=f"learned, mean of G candidates (rolling {w})")
-        for row, colour in colours.items():
-            m = mean_se([r[row] for r in recs])["mean"]
-            ax.axhline(m, color=colour, ls="--", lw=1, label=f"{row} {m:+.2f}")
-        held = [r["policy_version"] for r in recs if r["phase"] == "heldout"]
-        if held:
-            ax.axvline(held[0], color="grey", ls=":", lw=1.5, label="held-out captures start")
-        for ph in run["phases"][1:]:
-            if ph["phase"].startswith("train"):
-                ax.axvline(ph["policy_version_start"], color="grey", ls=":", lw=0.8)
-        ax.set_title(f"fee {run['fee_bps']:g} bps per side: reward per decision vs policy_version "
-                     f"(baselines over the same decisions)")
-        ax.set_xlabel("policy_version at decision")
-        ax.set_ylabel("bps per decision")
-        ax.legend(fontsize=7, loc="lower left", ncol=2)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _probe_panel(ax, run: dict[str, Any]) -> None:
-    """P(long) - P(short) sampled on prompts that differ only in imbalance: does it matter?"""
-    probes = run.get("probes") or []
-    if not probes:
-        ax.set_axis_off()
-        return
-    x = [p["policy_version"] for p in probes]
-    for key, colour in (("im=-0.8", "tab:red"), ("im=+0.0", "grey"), ("im=+0.8", "tab:green")):
-        ax.plot(x, [p[key]["long"] - p[key]["short"] for p in probes], color=colour, marker=".", lw=1,
-                label=f"{key}: P(long) - P(short)")
-    ax.plot(x, [p["im=+0.0"]["flat"] for p in probes], color="black", ls="--", lw=1, label="im=+0.0: P(flat)")
-    ax.set_ylim(-1.05, 1.05)
-    ax.set_title(f"fee {run['fee_bps']:g}: probe prompts differing only in imbalance", fontsize=9)
-    ax.set_xlabel("policy_version")
-    ax.legend(fontsize=7, loc="lower left")
-    ax.grid(alpha=0.3)
-
-
-def _fmt(m: dict[str, float]) -> str:
-    if m["n"] == 0:
-        return "-"
-    return f"{m['mean']:+.3f} ± {m['se']:.3f}" if m["se"] == m["se"] else f"{m['mean']:+.3f}"
-
-
-def render_markdown(summary: dict[str, Any]) -> str:
-    lines = ["# Learning efficacy on recorded markets", ""]
-    for key, fee in summary["fees"].items():
-        splits = fee["splits"]
-        names = [s for s in ("train_second_half", "heldout", "run_second_half") if s in splits]
-        lines += [f"## fee {key} bps per side (taker), slippage none", "",
-                  "| row | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for row in ROWS:
-            lines.append(f"| {row} | " + " | ".join(_fmt(splits[s][row]) for s in names) + " |")
-        lines.append("| trade share (executed) | " + " | ".join(
-            f"{splits[s]['activity']['trade_share']:.2f}" for s in names) + " |")
-        lines.append("| decisions | " + " | ".join(str(splits[s]["activity"]["decisions"]) for s in names) + " |")
-        lines += ["", "Held out, per capture (learned / heuristic / random / hindsight):", ""]
-        for cap, t in fee["heldout_by_capture"].items():
-            lines.append(f"- {cap}: {_fmt(t['learned'])} / {_fmt(t['heuristic'])} / {_fmt(t['random'])} / "
-                         f"{_fmt(t['hindsight'])} (n={t['activity']['decisions']})")
-        ref = fee["reference_check"]
-        lines += ["", f"Reference check on {ref['capture']} ({ref['decisions']} decisions, phase {ref['phase']}):", ""]
-        for row, e in ref["rows"].items():
-            extra = ""
-            if "reference" in e:
-                extra = (f" vs reference {e['reference']:+.2f}: diff {e['diff']:+.3f}; within 2 SE: "
-                         f"ours {e['within_2se_ours']}, combined {e['within_2se_combined']}")
-            lines.append(f"- {row}: {_fmt(e['ours'])}{extra}")
-        probes = fee.get("probes") or []
-        if probes:
-            lines += ["", "Probe (side shares on prompts that differ only in imbalance), last one of each phase:", ""]
-            for phase in dict.fromkeys(p["phase"] for p in probes):
-                p = [q for q in probes if q["phase"] == phase][-1]
-                lines.append(f"- {phase} v{p['policy_version']}: " + "; ".join(
-                    f"{k} L{v['long']:.2f} S{v['short']:.2f} F{v['flat']:.2f}" for k, v in p.items()
-                    if k.startswith("im=")))
-        if fee.get("target"):
-            t = fee["target"]
-            lines.append(f"\nTarget (held out, learned ≥ {t['threshold']:+.2f}): {t['learned']:+.3f} -> "
-                         f"{'met' if t['met'] else 'missed'}")
-        lines.append("")
-    variants = summary.get("reference_variants")
-    if variants:
-        lines += ["## Reference capture: baselines by definition of the decision instant", "",
-                  "| instants | decisions | heuristic trade share | " + " | ".join(
-                      f"{k} heuristic" for k in variants["phase_scan"]) + " |",
-                  "|---|---|---|" + "---|" * len(variants["phase_scan"])]
-        for name in ("actor", "grid", "utc_grid"):
-            v = variants[name]
-            lines.append(f"| {name} | {v['decisions']} | {v['heuristic_trade_share']:.2f} | " + " | ".join(
-                _fmt(v[k]["heuristic"]) for k in variants["phase_scan"]) + " |")
-        for fee, rows in variants["phase_scan"].items():
-            h = rows["heuristic"]
-            lines.append(f"\nUTC grid shifted 0 .. 1.9 s, {fee}: heuristic from {h['min']:+.3f} to {h['max']:+.3f} "
-                         f"(mean {h['mean']:+.3f})")
-        lines.append("")
-    lines.append(f"Wall time {summary.get('wall_s')} s on {summary.get('machine')}")
-    return "\n".join(lines) + "\n"
+def summarise(cfg: EfficacyConfig, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary: per fee, per seed (in ``cfg.seeds`` order), pooled, across seeds, targets."""
+    fees: dict[str, Any] = {}
+    for fee in dict.fromkeys(r["fee_bps"] for r in runs):
+        fee_runs = sorted((r for r in runs if r["fee_bps"] == fee), key=lambda r: cfg.seeds.index(r["seed"]))
+        seeds = [seed_summary(r, cfg.reference_capture) for r in fee_runs]
+        mean = mean_facts([s["facts"] for s in seeds])
+        fees[f"{fee:g}"] = {
+            "fee_bps": fee, "seeds": [s["seed"] for s in seeds],
+            **pooled_summary(fee_runs),
+            "per_seed": {str(s["seed"]): s for s in seeds},
+            "across_seeds": across_seeds(seeds),
+            "targets_mean": {"facts": mean, "targets": evaluate(fee, mean)},
+            # the baselines but random do not depend on the seed: the first seed's check stands
+            "reference_check": seeds[0]["reference_check"],
+        }
+    return {"config": cfg.to_json(), "captures": runs[0]["captures"] if runs else [], "fees": fees}

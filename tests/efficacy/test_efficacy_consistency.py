@@ -8,7 +8,9 @@ Asserts only bookkeeping, never efficacy:
   figure, equal ``streams.rewards.paper_fill`` of that completion (parsed and clamped as the
   actor does) against the recorded book;
 - the summary's table is the mean of those records, the learner moved once per group with
-  signal, and the PNG and JSON exist.
+  signal, and the PNG and JSON exist;
+- two seeds run as independent learners on the same decisions, and the pooled figures average
+  each decision over them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from streams.rewards import BookPath, paper_fill
 
 SYMBOL_FILES = ["spot_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz"]
 FEES = [0.0, 4.5]
+SEEDS = [0, 1]
 HORIZON_NS = 5_000_000_000
 LATENCY_NS = 100_000_000
 TINY = {"model": {"n_blocks": 2, "n_layer": 1, "n_embd": 32, "n_head": 2}, "gen_len": 20,
@@ -41,10 +44,14 @@ def run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg = EfficacyConfig(captures=shared_data / "exchange_binance", include=SYMBOL_FILES,
                          holdout=["*_20240809.gz"], fees_bps=FEES, epochs=1, max_decisions=100,
                          group_size=4, learner=TINY, bootstrap_steps=40, lr=1e-3, cache_dir=None,
-                         reference_capture=SYMBOL_FILES[0], jobs=1, probe_every=0)
+                         reference_capture=SYMBOL_FILES[0], jobs=1, probe_every=0, seeds=SEEDS)
     summary = run_efficacy(cfg, out)
-    records = {fee: [json.loads(line) for line in open(out / f"decisions-fee{fee:g}.jsonl")] for fee in FEES}
+    records = {fee: _records(out, fee, 0) for fee in FEES}  # the checks below read the first seed's
     return out, summary, records
+
+
+def _records(out: Path, fee: float, seed: int) -> list[dict]:
+    return [json.loads(line) for line in open(out / f"decisions-fee{fee:g}-seed{seed}.jsonl")]
 
 
 def _raw_quotes(path: Path) -> list[tuple[int, float, float, float, float]]:
@@ -83,8 +90,8 @@ def _independent_fills(q, t0: int, fee: float) -> dict[str, float]:
 
 
 def test_baselines_are_reproduced_from_independent_fills(run, quotes):
-    _, summary, records = run
-    seed = summary["config"]["seed"]
+    _, _, records = run
+    seed = 0  # the records are seed 0's; the random baseline draws from the run's seed
     for fee in FEES:
         assert len(records[fee]) >= 150, "the short run should close a couple of hundred decisions"
         for r in records[fee]:
@@ -182,7 +189,7 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
 def test_summary_is_the_mean_of_the_records(run):
     out, summary, records = run
     for fee in FEES:
-        fs = summary["fees"][f"{fee:g}"]
+        fs = summary["fees"][f"{fee:g}"]["per_seed"]["0"]  # the seed the records are from
         held = [r for r in records[fee] if r["phase"] == "heldout"]
         train = [r for r in records[fee] if r["phase"] == "train1"]
         for row in ("learned", "learned_unit", "random", "flat", "heuristic", "hindsight"):
@@ -199,3 +206,32 @@ def test_summary_is_the_mean_of_the_records(run):
         assert fs["reference_check"]["decisions"] == len(train)
     assert (out / "learning_curve.png").stat().st_size > 10_000
     assert json.loads((out / "summary.json").read_text())["fees"].keys() == {"0", "4.5"}
+
+
+def test_seeds_are_independent_runs_pooled_per_decision(run):
+    out, summary, _ = run
+    assert set(summary["bootstrap"]) == {"0", "1"}
+    assert summary["bootstrap"]["0"]["path"] != summary["bootstrap"]["1"]["path"]  # a bootstrap per seed
+    for fee in FEES:
+        fs = summary["fees"][f"{fee:g}"]
+        assert fs["seeds"] == SEEDS and set(fs["per_seed"]) == {"0", "1"}
+        per_seed = {s: [r for r in _records(out, fee, s) if r["phase"] == "heldout"] for s in SEEDS}
+        assert per_seed[0] and per_seed[1]
+        # the random baseline draws from each run's own seed: the two differ somewhere
+        assert any(a["random_pick"] != b["random_pick"] for a, b in zip(per_seed[0], per_seed[1]))
+        by_decision: dict[tuple, list[float]] = {}
+        for s in SEEDS:
+            for r in per_seed[s]:
+                by_decision.setdefault((r["symbol"], r["t0_ns"]), []).append(r["learned"] - r["random"])
+        diffs = [sum(v) / len(v) for v in by_decision.values()]
+        pooled = fs["paired"]["heldout"]["pooled"]["learned-random"]
+        assert pooled["n"] == len(by_decision)  # decisions, not decisions x seeds
+        assert pooled["mean"] == pytest.approx(sum(diffs) / len(diffs))
+        for s in SEEDS:
+            own = fs["per_seed"][str(s)]["paired"]["heldout"]["pooled"]["learned-random"]
+            xs = [r["learned"] - r["random"] for r in per_seed[s]]
+            assert own["mean"] == pytest.approx(sum(xs) / len(xs))
+        means = [fs["per_seed"][str(s)]["splits"]["heldout"]["learned"]["mean"] for s in SEEDS]
+        assert fs["across_seeds"]["splits"]["heldout"]["learned"]["mean"] == pytest.approx(sum(means) / 2)
+    md = (out / "summary.md").read_text()
+    assert "learned − random" in md and "mean across seeds" in md
