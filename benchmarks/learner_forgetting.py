@@ -73,8 +73,9 @@ def main():
     local_cfg, e2e_cfg = block_local_and_e2e(args.d, args.heads, args.blocks, args.layers)
     out = {}
     for name, mcfg in (("block-local", local_cfg), ("end-to-end", e2e_cfg)):
-        cfg = LearnerConfig(model=mcfg, gen_len=12, sample_steps=12 if 12 % mcfg.n_blocks == 0 else 12 * mcfg.n_blocks,
-                            lr=args.lr, kl_bootstrap_coef=args.kl)
+        steps = 12 if 12 % mcfg.n_blocks == 0 else 12 * mcfg.n_blocks
+        cfg = LearnerConfig(model=mcfg, gen_len=12, sample_steps=steps, lr=args.lr, kl_bootstrap_coef=args.kl,
+                            likelihood="trajectory" if steps == 12 else "elbo")
         state = build_state(cfg)
         bootstrap(state, steps=args.boot_steps, lr=3e-3, progress=False, pairs_fn=pairs)
         reset_reference(state)

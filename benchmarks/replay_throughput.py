@@ -75,7 +75,8 @@ def model_compute(n: int) -> dict:
     from learners.model import ModelConfig
 
     torch.use_deterministic_algorithms(True)
-    cfg = LearnerConfig(model=ModelConfig(), device="cpu", keep_reference=False)  # the default model size
+    # the default model size, without the frozen reference (so without the KL it would feed)
+    cfg = LearnerConfig(model=ModelConfig(), device="cpu", keep_reference=False, kl_bootstrap_coef=0.0)
     state = build_state(cfg)
     groups, _ = make_log(n, 0)
     step(state, groups[0])  # warm-up: first-call allocations are not steady state

@@ -28,9 +28,14 @@ log = get_logger("daemon")
 
 
 def learner_config(settings: Settings):
+    """The learner's config: the preset, ``learner.config`` on top, then ``learner.device``."""
     from learners.core import LearnerConfig
+    from learners.presets import preset_kwargs
 
-    cfg = dict(settings.learner.config)
+    preset = settings.learner.preset
+    if preset == "auto" and settings.learner.device == "cpu":
+        preset = "cpu"  # a CPU-pinned daemon never takes the gpu preset, CUDA present or not
+    cfg = preset_kwargs(preset, dict(settings.learner.config))
     if settings.learner.device != "auto":
         cfg["device"] = settings.learner.device
     return LearnerConfig(**cfg)

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from learners.core import LearnerConfig, LearnerState, build_state, reset_reference, sample
-from learners.grammar import parse_action, random_market_example, random_social_example
+from learners.grammar import (parse_action, prior_pairs, prior_parse_prompts, random_market_example,
+                              random_social_example)
 from learners.objective import make_optimizers, train_blocks
 from learners.snapshot import is_snapshot, save_snapshot
 
@@ -109,12 +110,16 @@ def bootstrapped_state(config: LearnerConfig | None = None, steps: int = 600, pr
     return state, info
 
 
-def ensure_initial_snapshot(path: str | os.PathLike, config: LearnerConfig | None = None, steps: int = 600,
+def ensure_initial_snapshot(path: str | os.PathLike, config: LearnerConfig | None = None, steps: int = 400,
                             progress: bool = True) -> Path:
-    """Write the default initial snapshot at ``path`` unless one is already there; return the path."""
+    """Write the default initial snapshot at ``path`` unless one is already there; return the path.
+
+    The text is the trading prior (``learners.grammar.prior_pairs``): the one the efficacy benchmark
+    bootstraps on, so a fresh daemon starts from the policy that benchmark measures."""
     path = Path(path)
     if is_snapshot(path):
         return path
-    state, info = bootstrapped_state(config, steps=steps, progress=progress)
+    state, info = bootstrapped_state(config, steps=steps, progress=progress, pairs_fn=prior_pairs(),
+                                     parse_prompts=prior_parse_prompts())
     save_snapshot(state, path, {"source": "bootstrap", **info})
     return path

@@ -24,16 +24,23 @@ from learners.trajectory import trajectory_block_terms
 from schemas import BlockUpdate, GRPOGroup, deterministic_event_id
 
 
+# The defaults are the cpu preset (``learners.presets``): what ``eigenloop run`` uses on a CPU and
+# what ``eigenloop bench efficacy`` measures. 2 blocks x 2 layers x 64 keeps a decision (12
+# sequential sampling steps for G candidates) and a group's update well under the 2 s decision
+# cadence on one CPU thread.
+CPU_MODEL = {"n_blocks": 2, "n_layer": 2, "n_embd": 64, "n_head": 2}
+
+
 @dataclass
 class LearnerConfig:
     r"""Everything the learner needs besides its weights.
 
     > Model
-        model (`ModelConfig`): sizes, number of blocks B, overlap gamma, t_eps.
+        model (`ModelConfig`): sizes, number of blocks B, overlap gamma, t_eps (default ``CPU_MODEL``).
 
     > Generation (used by the actor through ``sample``)
-        gen_len (`int`, default 24): completion length in tokens (bytes). Actions must fit.
-        sample_steps (`int`, default 24): denoising steps S; must be a multiple of B. S = gen_len
+        gen_len (`int`, default 12): completion length in tokens (bytes). Actions must fit.
+        sample_steps (`int`, default 12): denoising steps S; must be a multiple of B. S = gen_len
             reveals one token per step; fewer steps sample neighbours independently (incoherent
             words from a small model).
         temperature (`float`, default 1.0), top_p (`float`, default 1.0): sampling controls.
@@ -43,14 +50,19 @@ class LearnerConfig:
             to all G candidates, the group has zero spread and GRPO learns nothing (measured: 58/64
             "long" where the prior is uniform). "random" (MDLM's ancestral order) samples the model's
             own distribution, which is what rollouts need.
-        reveal_window (`int | None`, default 2): only the leftmost this-many masked positions may
+        reveal_window (`int | None`, default 1): only the leftmost this-many masked positions may
             be revealed (a sliding form of LLaDA's semi-autoregressive blocks). Without it,
             confident late tokens (sizes, [EOS]) fix the side of a trade before it is sampled.
 
     > Optimisation (one AdamW per block)
         lr (`float`, default 1e-4), weight_decay (`float`, default 0.0): decay is off by default
             because a continuous learner steps forever and decay would slowly erase the bootstrap.
-        betas (`tuple[float, float]`, default (0.9, 0.95)).
+        betas (`tuple[float, float]`, default (0.9, 0.999)): a long second-moment memory. Rewards
+            at the market's noise level (the right side wins ~56 % of groups) make every group's
+            gradient mostly noise; with beta2 = 0.95 Adam renormalises to recent magnitudes and
+            takes full-size steps on that noise, and the policy random-walks into "flat" (all G
+            flat: zero spread, no signal, stuck) within ~100 groups. With 0.999 the step shrinks
+            with the gradient and the signal accumulates (measured in ``tests/learners``).
         grad_clip (`float`, default 0.5): per-block norm clip; wd1's negative term is unbounded
             (digest pitfall 10), so keep it small. 0 disables.
 
@@ -79,9 +91,12 @@ class LearnerConfig:
               blocks never updated come first.
         blocks_per_group (`int`, default 1): used by "round_robin" and "topk_loss".
 
-    > Regulariser (the collapse guard switches these on; both default 0)
+    > Regulariser (the collapse guard raises these)
         entropy_coef (`float`): adds -coef * mean predictive entropy at masked positions.
-        kl_bootstrap_coef (`float`): adds coef * KL(current || bootstrap reference) at masked positions.
+        kl_bootstrap_coef (`float`, default 0.1): adds coef * KL(current || bootstrap reference) at
+            the scored positions: a restoring force towards the no-opinion prior, so noise cannot
+            carry the policy into a corner it never leaves, while a consistent edge (the imbalance's
+            sign, or fees that make standing aside right) still wins.
         keep_reference (`bool`, default True): keep a frozen copy of the initial weights (needed by
             beta and kl_bootstrap_coef; costs one extra copy of the weights).
 
@@ -94,16 +109,16 @@ class LearnerConfig:
         seed (`int`, default 0): seeds the initial weights and the learner's generator.
     """
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    gen_len: int = 24
-    sample_steps: int = 24
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(**CPU_MODEL))
+    gen_len: int = 12
+    sample_steps: int = 12
     temperature: float = 1.0
     top_p: float = 1.0
     remasking: Literal["low_confidence", "random"] = "random"
     reveal_window: int | None = 1
     lr: float = 1e-4
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 0.5
     loss_type: Literal["wd1", "clipped"] = "wd1"
     likelihood: Literal["trajectory", "elbo"] = "trajectory"
@@ -115,7 +130,7 @@ class LearnerConfig:
     block_selection: Literal["all", "round_robin", "topk_loss"] = "all"
     blocks_per_group: int = 1
     entropy_coef: float = 0.0
-    kl_bootstrap_coef: float = 0.0
+    kl_bootstrap_coef: float = 0.1
     keep_reference: bool = True
     device: str = "auto"
     batch_blocks: Literal["auto", "loop", "vmap"] = "auto"

@@ -221,6 +221,45 @@ def random_market_features(rng: random.Random) -> dict[str, float]:
     }
 
 
+# -- the trading prior: what a fresh model is bootstrapped on before any reward exists ------------
+
+PRIOR_ACTIONS = ("long 1 h5", "short 1 h5", "flat 0 h5")
+PRIOR_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BTCUSD", "ETHUSD")
+
+
+def market_scale_features(rng: random.Random) -> dict[str, float]:
+    """Features at the recorded markets' scale (bps returns, sub-bps spreads), uniform imbalance."""
+    return {
+        "ret_1s": rng.gauss(0, 1), "ret_10s": rng.gauss(0, 3), "ret_60s": rng.gauss(0, 8),
+        "spread_bps": math.exp(rng.uniform(math.log(0.01), math.log(0.2))),
+        "imbalance": rng.uniform(-1, 1), "volume": 10 ** rng.uniform(3, 7),
+    }
+
+
+def prior_pairs(actions: tuple[str, ...] | list[str] = PRIOR_ACTIONS):
+    """A ``pairs_fn`` for ``learners.bootstrap``: market prompts at the recorded scale, each with an
+    action drawn uniformly from ``actions``, so the prior has no opinion about the side.
+
+    Long, short or flat at size 1 with the actor's 5 s horizon (what the baselines trade): every
+    sampled candidate parses, a completion fits in 12 bytes (the CPU budget is sampling steps),
+    and the learner spends its groups on *which side*. The grammar and parser stay the full ones:
+    anything else the policy writes is parsed and scored as usual.
+    """
+    actions = tuple(actions)
+
+    def pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
+        return [(format_market_prompt(rng.choice(PRIOR_SYMBOLS), market_scale_features(rng)), rng.choice(actions))
+                for _ in range(n)]
+
+    return pairs
+
+
+def prior_parse_prompts(seed: int = 1234, n: int = 8) -> list[tuple[str, str]]:
+    """Market prompts for ``learners.bootstrap.parse_rate``."""
+    rng = random.Random(seed)
+    return [(format_market_prompt(rng.choice(PRIOR_SYMBOLS), market_scale_features(rng)), "market") for _ in range(n)]
+
+
 def random_market_action(rng: random.Random) -> str:
     side = rng.choice(("long", "short", "flat"))
     size = 0.0 if side == "flat" else rng.choice(SIZES[1:])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from learners.core import LearnerState
+from learners.grammar import format_market_prompt
 from learners.objective import autocast_for
 from learners.sampler import prompt_ids, top_p_filter
 from learners.trajectory import step_blocks, step_times
@@ -66,3 +67,27 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
     out = {side: float(sum(logp[i] for i, k in enumerate(keys) if k[0] == side).exp()) for side in SIDE_WORDS}
     out["invalid"] = max(0.0, 1.0 - sum(out.values()))
     return out
+
+
+# The fixed probe set: one market state, three imbalances. Everything but the imbalance is neutral
+# (zero returns, a typical spread and volume), so a difference between the answers can only come
+# from the imbalance: the policy reads its input, or it does not.
+PROBE_IMBALANCES = (-0.8, 0.0, 0.8)
+
+
+def probe_prompt(imbalance: float, symbol: str = "BTCUSDT") -> str:
+    return format_market_prompt(symbol, {"ret_1s": 0.0, "ret_10s": 0.0, "ret_60s": 0.0, "spread_bps": 0.05,
+                                         "imbalance": imbalance, "volume": 5e5})
+
+
+def imbalance_probe(state: LearnerState, temperature: float | None = None) -> dict[str, dict[str, float]]:
+    """{"im=-0.8": {"long": p, ...}, "im=+0.0": ..., "im=+0.8": ...}: exact side probabilities."""
+    return {f"im={im:+.1f}": side_probabilities(state, probe_prompt(im), temperature=temperature)
+            for im in PROBE_IMBALANCES}
+
+
+def imbalance_gap(probe: dict[str, dict[str, float]]) -> float:
+    """[P(long) - P(short)] at the highest probed imbalance minus the same at the lowest: > 0 when
+    the policy leans long as the book leans to the bid, 0 when it ignores the imbalance."""
+    hi, lo = probe[f"im={max(PROBE_IMBALANCES):+.1f}"], probe[f"im={min(PROBE_IMBALANCES):+.1f}"]
+    return (hi["long"] - hi["short"]) - (lo["long"] - lo["short"])

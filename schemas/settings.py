@@ -125,12 +125,16 @@ class ExecutorSettings(_Section):
 
 class LearnerSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # learners.presets: "cpu" is the configuration the efficacy benchmark measures; "gpu" a larger
+    # model with the same dynamics; "auto" picks gpu when CUDA is available. ``config`` overrides it.
+    preset: Literal["auto", "cpu", "gpu"] = "auto"
     snapshot_every_updates: int = Field(50, ge=1)
     snapshot_every_s: float = Field(300.0, gt=0)
     max_pending_groups: int = Field(256, ge=1)
     backpressure: Literal["coalesce", "skip"] = "coalesce"
     initial_snapshot: Path | None = None
-    bootstrap_steps: int = Field(600, ge=0, description="grammar pretraining steps for a fresh model")
+    bootstrap_steps: int = Field(400, ge=0, description="grammar pretraining steps for a fresh model (the "
+                                 "efficacy benchmark's)")
     keep_snapshots: int = Field(5, ge=1)
     # CPU threads for torch in the daemon. One by default: the daemon shares its cores with the
     # broker, the streams worker and its own event loop, and OpenMP threads that spin on an

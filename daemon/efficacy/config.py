@@ -18,24 +18,12 @@ from daemon.efficacy.prior import DEFAULT_ACTIONS
 # both recorded Binance sets: 2024-08 (ns stamps) and 2023-04 (µs stamps, ``*.dat.gz``); file
 # names are unique across them, which the holdout and include globs rely on
 DEFAULT_CAPTURES = (Path("../shared/data/exchange_binance"), Path("../shared/data/exchange_binance_2023-04"))
-PRIOR_VERSION = 1  # bump when daemon.efficacy.prior changes the bootstrap text
+PRIOR_VERSION = 2  # bump when the bootstrap text changes (2: the prompt puts the imbalance last)
 
-# The resident model the benchmark learns with. Smaller than ``LearnerConfig()``'s default
-# (3 blocks x 2 layers x 128): the full run must fit minutes on a 2-core CPU shared with others.
-# sample_steps = gen_len with reveal_window 1: one token per step, left to right. With several
-# per step the characters of one word are drawn independently ("flng 0 h30", "soort") and
-# candidates stop parsing; with a wider window the most confident position goes first, which
-# all but removed "flat" from the samples (1 in 96 against 22 in 96).
-# kl_bootstrap_coef (KL to the bootstrap, whose sides are uniform): the regulariser the collapse
-# guard switches on, on from the start. Without it (lr 1e-3) the policy left the grammar within
-# ~40 groups; at 0.3 (lr 5e-4) it still collapsed, at 0 fees onto "short" everywhere (a falling
-# market rewards short whatever the prompt) and at 4.5 bps onto "flat 0 h5t" (invalid, and
-# then every group has zero spread, so nothing corrects it).
-DEFAULT_LEARNER: dict[str, Any] = {
-    "model": {"n_blocks": 2, "n_layer": 2, "n_embd": 64, "n_head": 2},
-    "gen_len": 12, "sample_steps": 12, "reveal_window": 1, "mc_draws": 1, "kl_bootstrap_coef": 1.0,
-    "device": "cpu",
-}
+# The resident model the benchmark learns with: ``LearnerConfig()``'s defaults, which are the cpu
+# preset ``eigenloop run`` uses (``learners.presets``), so what this benchmark measures is what the
+# daemon runs. Only the device is pinned: a benchmark figure must not depend on a GPU being there.
+DEFAULT_LEARNER: dict[str, Any] = {"device": "cpu"}
 
 
 @dataclass
@@ -87,11 +75,11 @@ class EfficacyConfig:
     cadence_s: float = 2.0
     horizon_s: float = 5.0
     latency_ms: float = 100.0
-    temperature: float = 1.0
+    temperature: float | None = None
     choose: Literal["sample", "argmax"] = "argmax"
     reward_kind: Literal["pnl", "risk_adjusted"] = "pnl"
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    lr: float = 3e-4
+    lr: float | None = None
     learner: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_LEARNER)))
     bootstrap_steps: int = 400
     bootstrap_actions: list[str] = field(default_factory=lambda: list(DEFAULT_ACTIONS))
@@ -122,12 +110,21 @@ class EfficacyConfig:
         return replace(self, seed=seed, seeds=[seed])
 
     def learner_dict(self) -> dict[str, Any]:
-        """``LearnerConfig`` kwargs: the learner dict plus the knobs named at top level."""
-        return {**self.learner, "lr": self.lr, "temperature": self.temperature, "seed": self.seed}
+        """``LearnerConfig`` kwargs: the learner dict plus the knobs named at top level (lr and
+        temperature only when set: None keeps the preset's)."""
+        out = {**self.learner, "seed": self.seed}
+        if self.lr is not None:
+            out["lr"] = self.lr
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
+        return out
 
     def bootstrap_key(self) -> str:
         """Cache key of the bootstrapped weights: only what shapes them (not lr, temperature)."""
-        shape = {k: self.learner.get(k) for k in ("model", "gen_len")}
+        from learners.core import LearnerConfig
+
+        resolved = LearnerConfig(**self.learner_dict())
+        shape = {"model": asdict(resolved.model), "gen_len": resolved.gen_len}
         blob = json.dumps({"learner": shape, "steps": self.bootstrap_steps, "seed": self.seed,
                            "actions": self.bootstrap_actions, "prior": PRIOR_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

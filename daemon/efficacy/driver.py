@@ -76,6 +76,9 @@ class LoopDriver:
         self.log = log
         self.log_every = log_every
         self.sink = sink  # called with every record as it closes (a run can be watched as it goes)
+        if probe_every and not policy.state.config.sequential:
+            raise ValueError("probe_every > 0 needs the sequential sampler (reveal_window=1, sample_steps=gen_len): "
+                             "the probe is the model's exact side probability; set probe_every=0 for other samplers")
         self.probe_every = probe_every
         self.probes: list[dict[str, Any]] = []
         self.closed = 0

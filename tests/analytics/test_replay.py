@@ -39,7 +39,8 @@ def tiny_config():
     from learners.model import ModelConfig
 
     return LearnerConfig(model=ModelConfig(n_blocks=3, n_layer=1, n_embd=32, n_head=2), gen_len=12,
-                         sample_steps=6, lr=1e-3, device="cpu", keep_reference=False)
+                         sample_steps=6, lr=1e-3, device="cpu", keep_reference=False, likelihood="elbo", kl_bootstrap_coef=0.0,
+                         reveal_window=2)
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 EIGENLOOP = Path(sys.executable).parent / "eigenloop"
 
 # a model small enough to sample and learn quickly on two busy cores
-TINY_LEARNER = {"model": {"n_blocks": 3, "n_layer": 1, "n_embd": 48, "n_head": 2}, "gen_len": 16,
-                "sample_steps": 6, "lr": 3e-4, "seed": 0}
+TINY_LEARNER = {"model": {"n_blocks": 2, "n_layer": 1, "n_embd": 48, "n_head": 2}, "gen_len": 12,
+                "sample_steps": 12, "lr": 3e-4, "seed": 0}
 
 
 class Proc:

@@ -35,7 +35,8 @@ SEEDS = [0, 1]
 HORIZON_NS = 5_000_000_000
 LATENCY_NS = 100_000_000
 TINY = {"model": {"n_blocks": 2, "n_layer": 1, "n_embd": 32, "n_head": 2}, "gen_len": 20,
-        "sample_steps": 4, "remasking": "random", "reveal_window": 4, "mc_draws": 1, "device": "cpu"}
+        "sample_steps": 4, "remasking": "random", "reveal_window": 4, "mc_draws": 1, "device": "cpu",
+        "likelihood": "elbo"}  # 4 steps for 20 bytes: fast, and not sequential, so the ELBO
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,11 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
     from daemon.efficacy.driver import probe
     from learners.probe import PROBE_IMBALANCES
 
-    answers = probe(policy)
+    # the probe is exact, so it needs the sequential sampler: the same tiny model, one byte per step
+    sequential = ResidentPolicy(build_state(LearnerConfig(**{**TINY, "sample_steps": TINY["gen_len"],
+                                                             "reveal_window": 1, "likelihood": "trajectory"})))
+    answers = probe(sequential)
+    policy = sequential
     assert answers["policy_version"] == policy.policy_version
     for im in PROBE_IMBALANCES:
         assert sum(answers[f"im={im:+.1f}"].values()) == pytest.approx(1.0)

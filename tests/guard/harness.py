@@ -42,7 +42,11 @@ def probe_set(n: int = 8, seed: int = 1234) -> list[str]:
 def tiny_config(**kw) -> LearnerConfig:
     # lr 1e-3 with low-confidence remasking collapses within a few dozen groups: fast to test
     base = dict(model=ModelConfig(n_blocks=2, n_layer=1, n_embd=48, n_head=2, max_seq_len=32), gen_len=14,
-                sample_steps=14, lr=1e-3, device="cpu", remasking="low_confidence", mc_draws=2)
+                sample_steps=14, lr=1e-3, device="cpu", remasking="low_confidence", mc_draws=2,
+                # the guard's scenarios need a policy that collapses onto one action: the ELBO
+                # learner without the mirror (which exists to stop exactly that) and the
+                # two-wide reveal window these collapse figures were measured with
+                likelihood="elbo", mirror=False, reveal_window=2, betas=(0.9, 0.95), kl_bootstrap_coef=0.0)
     base.update(kw)
     return LearnerConfig(**base)
 

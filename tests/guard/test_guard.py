@@ -22,7 +22,7 @@ T0 = 1_700_000_000_000_000_000
 
 def small_state(**kw):
     cfg = dict(model=ModelConfig(n_blocks=3, n_layer=1, n_embd=32, n_head=2), gen_len=12, sample_steps=6, lr=1e-3,
-               device="cpu")
+               device="cpu", likelihood="elbo", reveal_window=2, kl_bootstrap_coef=0.0)
     cfg.update(kw)
     return build_state(LearnerConfig(**cfg))
 

@@ -1,4 +1,5 @@
-"""A controlled market task at the market's noise level, for the learner tests and experiments.
+"""A controlled market task at the market's noise level: the learner tests and benchmarks tune
+the learning dynamics on it before anything runs on captures.
 
 Prompts are market prompts with features at the recorded markets' scale. The reward is a paper
 trade's sign: the winning side earns +1, the other side -1, flat 0. Who wins is decided by
@@ -11,35 +12,17 @@ trade's sign: the winning side earns +1, the other side -1, flat 0. Who wins is 
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 
-from learners.grammar import format_market_prompt, parse_action
+from learners.grammar import PRIOR_SYMBOLS, format_market_prompt, market_scale_features, parse_action
 from schemas import GRPOGroup
-
-ACTIONS = ("long 1 h5", "short 1 h5", "flat 0 h5")
-
-
-def features(rng: random.Random) -> dict[str, float]:
-    return {"ret_1s": rng.gauss(0, 1), "ret_10s": rng.gauss(0, 3), "ret_60s": rng.gauss(0, 8),
-            "spread_bps": math.exp(rng.uniform(math.log(0.01), math.log(0.2))),
-            "imbalance": rng.uniform(-1, 1), "volume": 10 ** rng.uniform(3, 7)}
 
 
 def prompt(rng: random.Random) -> tuple[str, float]:
-    f = features(rng)
-    return format_market_prompt(rng.choice(("BTCUSDT", "ETHUSDT")), f), f["imbalance"]
-
-
-def probe_prompt(imbalance: float) -> str:
-    return format_market_prompt("BTCUSDT", {"ret_1s": 0.0, "ret_10s": 0.0, "ret_60s": 0.0, "spread_bps": 0.05,
-                                            "imbalance": imbalance, "volume": 5e5})
-
-
-def bootstrap_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
-    """Grammar text with sides at random: the prior has no opinion."""
-    return [(prompt(rng)[0], rng.choice(ACTIONS)) for _ in range(n)]
+    """A market prompt at the recorded scale (the bootstrap prior's distribution) and its imbalance."""
+    f = market_scale_features(rng)
+    return format_market_prompt(rng.choice(PRIOR_SYMBOLS), f), f["imbalance"]
 
 
 def winner(rule: str, imbalance: float, rng: random.Random, p_right: float = 0.56) -> str:
