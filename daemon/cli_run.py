@@ -193,7 +193,8 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
         await until_stopped(cluster.start(), stop)
         env["EIGENLOOP_SOURCES__EXCHANGES"] = json.dumps([x.model_dump() for x in cluster.exchanges])
         env["EIGENLOOP_SOURCES__JETSTREAM_URL"] = cluster.jetstream_url or ""
-        typer.echo(f"[run] replaying {path} at {speed}x: " + ", ".join(f"{x.name} {x.symbols}" for x in cluster.exchanges))
+        typer.echo(f"[run] replaying {path} at {speed}x: "
+                   + ", ".join(f"{x.name} {x.symbols}" for x in cluster.exchanges))
     else:
         typer.echo("[run] live websockets: " + ", ".join(f"{x.name} {x.symbols}" for x in s.sources.exchanges))
 

@@ -281,7 +281,8 @@ def test_a_worker_in_catch_up_and_then_at_the_end_of_its_input_is_not_stopped_as
         ok, c = _after_restart(s, want_g, timeout=180)
         assert ok and worker.stall_exits == 0, f"stall exits: {worker.stall_exits}\n" + "".join(worker.lines[-40:])
         # how long partitions waited their turn (past stall_exit_s, a worker before the fix exited)
-        waits = [float(m.group(1)) for line in worker.lines for m in [re.search(r"stalled ([0-9.]+) s behind", line)] if m]
+        waits = [float(m.group(1)) for m in (re.search(r"stalled ([0-9.]+) s behind", line) for line in worker.lines)
+                 if m]
         print(f"longest wait of a partition in catch-up: {max(waits, default=0.0)} s")
         # read to the end: idle, and still up and live well past stall_exit_s
         deadline = time.monotonic() + 3 * s.streams.stall_exit_s
