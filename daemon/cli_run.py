@@ -89,7 +89,8 @@ class Started:
         from daemon import kafka_local
 
         if self.bootstrap is not None and self.bootstrap.returncode is None:
-            self.bootstrap.terminate()  # its snapshot is written atomically: none is left half-done
+            # a snapshot counts once its state.json is in place, written last: a stopped bootstrap leaves none
+            self.bootstrap.terminate()
             await self.bootstrap.wait()
             typer.echo("[run] model bootstrap stopped")
         if self.supervisor is not None:
@@ -170,10 +171,9 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
     data_dir = started.data_dir
     bootstrap = s.kafka.bootstrap
     if not bootstrap:
-        ours = kafka_local.status(data_dir) is None  # a broker this folder already runs is not ours to stop
-        broker = asyncio.ensure_future(asyncio.to_thread(kafka_local.start, data_dir))
-        if ours:
-            started.broker = broker
+        # the data folder's broker is stopped at the end, as before, also when it was already up
+        # (a crashed earlier run's is indistinguishable from one started by `eigenloop kafka start`)
+        started.broker = broker = asyncio.ensure_future(asyncio.to_thread(kafka_local.start, data_dir))
         bootstrap = (await until_stopped(asyncio.shield(broker), stop)).bootstrap
         typer.echo(f"[run] local kafka broker at {bootstrap} (data {data_dir}/kafka)")
     s = s.model_copy(update={"kafka": s.kafka.model_copy(update={"bootstrap": bootstrap}), "data_dir": data_dir})
