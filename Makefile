@@ -40,4 +40,5 @@ faults: setup
 
 clean-data:
 	-$(EIGENLOOP) kafka stop
+	-EIGENLOOP_DATA_DIR=$(CURDIR)/.eigenloop-test $(EIGENLOOP) kafka stop
 	rm -rf .eigenloop .eigenloop-test

@@ -7,7 +7,8 @@ figure includes JSON encoding) and yields decoded, validated events.
 
     .venv/bin/python benchmarks/eventlog_throughput.py [--events 200000]
 
-Uses the broker in EIGENLOOP_KAFKA_BOOTSTRAP, else starts a temporary one.
+The broker: as every eigenloop command finds it (``EIGENLOOP_KAFKA__BOOTSTRAP``, the config file,
+the local broker of ``eigenloop kafka start``), else a throwaway one (``benchmarks/bench_kafka.py``).
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ import argparse
 import asyncio
 import json
 import os
-import tempfile
+import sys
 import time
 import uuid
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
 
-from daemon import kafka_local
-from daemon.eventlog import EventProducer, read_range
-from daemon.eventlog.admin import ensure_topics
-from daemon.eventlog.connection import client_kwargs, topic
-from schemas import MarketTrade, encode
-from schemas.settings import KafkaSettings, Settings
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
+
+from benchmarks.bench_kafka import bench_settings  # noqa: E402
+from daemon.eventlog import EventProducer, read_range  # noqa: E402
+from daemon.eventlog.admin import ensure_topics  # noqa: E402
+from daemon.eventlog.connection import client_kwargs, topic  # noqa: E402
+from schemas import MarketTrade, encode  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
 
 
 def events(n: int) -> list[MarketTrade]:
@@ -85,9 +88,8 @@ async def consume_ours(s: Settings, base: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def main(n: int, bootstrap: str) -> None:
-    prefix = f"bench{uuid.uuid4().hex[:6]}."
-    s = Settings(kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix=prefix))
+async def main(n: int, s: Settings) -> None:
+    bootstrap = s.kafka.bootstrap
     await ensure_topics(s, partitions=6)
     evs = events(n)
     raw_topic = topic(s, "market.events")
@@ -113,13 +115,5 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
     args = ap.parse_args()
-    boot = os.environ.get("EIGENLOOP_KAFKA_BOOTSTRAP")
-    tmp = None
-    if not boot:
-        tmp = Path(tempfile.mkdtemp())
-        boot = kafka_local.start(tmp).bootstrap
-    try:
-        asyncio.run(main(args.events, boot))
-    finally:
-        if tmp:
-            kafka_local.stop(tmp)
+    with bench_settings("bench") as settings:
+        asyncio.run(main(args.events, settings))

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.learner_common import block_local_and_e2e, stdlib_corpus, windows
-from learners.model import BlockDiffusionLM
-from learners.objective import block_loss, elbo_bits, make_optimizers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
+
+from benchmarks.learner_common import block_local_and_e2e, stdlib_corpus, windows  # noqa: E402
+from learners.model import BlockDiffusionLM  # noqa: E402
+from learners.objective import block_loss, elbo_bits, make_optimizers  # noqa: E402
 
 
 def train(cfg, steps, data, args, device):

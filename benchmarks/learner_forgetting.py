@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
-from benchmarks.learner_common import block_local_and_e2e
-from learners.bootstrap import bootstrap
-from learners.core import LearnerConfig, build_state, reset_reference, sample, step
-from learners.grammar import format_market_prompt, parse_action
-from schemas import GRPOGroup
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
+
+from benchmarks.learner_common import block_local_and_e2e  # noqa: E402
+from learners.bootstrap import bootstrap  # noqa: E402
+from learners.core import LearnerConfig, build_state, reset_reference, sample, step  # noqa: E402
+from learners.grammar import format_market_prompt, parse_action  # noqa: E402
+from schemas import GRPOGroup  # noqa: E402
 
 ACTIONS = ("long 1 h5", "short 1 h5", "flat 0 h5")
 

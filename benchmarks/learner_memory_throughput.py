@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.learner_common import block_local_and_e2e, saved_activation_bytes
-from learners.model import BlockDiffusionLM
-from learners.objective import block_loss, make_optimizers
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
+
+from benchmarks.learner_common import block_local_and_e2e, saved_activation_bytes  # noqa: E402
+from learners.model import BlockDiffusionLM  # noqa: E402
+from learners.objective import block_loss, make_optimizers  # noqa: E402
 
 
 def run(cfg, args, device, one_block: bool):

@@ -1,6 +1,9 @@
 """Replay throughput: bookkeeping groups/s (read + decode + verify, no model) and model compute.
 
-    EIGENLOOP_KAFKA_BOOTSTRAP=127.0.0.1:PORT .venv/bin/python benchmarks/replay_throughput.py [--groups 20000]
+    .venv/bin/python benchmarks/replay_throughput.py [--groups 20000]
+
+The broker: as every eigenloop command finds it (``EIGENLOOP_KAFKA__BOOTSTRAP``, the config file,
+the local broker of ``eigenloop kafka start``), else a throwaway one (``benchmarks/bench_kafka.py``).
 
 Writes N groups and their block updates to a fresh topic prefix on the broker, then times:
 - bookkeeping: reading learn.groups and learn.updates from Kafka, decoding every record and
@@ -14,15 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
-import uuid
 from pathlib import Path
 
-from daemon.analytics import replay as rp
-from daemon.eventlog import EventProducer
-from daemon.eventlog.admin import ensure_topics
-from schemas import BlockUpdate, GRPOGroup, deterministic_event_id
-from schemas.settings import KafkaSettings, Settings
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
+
+from benchmarks.bench_kafka import bench_settings  # noqa: E402
+from daemon.analytics import replay as rp  # noqa: E402
+from daemon.eventlog import EventProducer  # noqa: E402
+from daemon.eventlog.admin import ensure_topics  # noqa: E402
+from schemas import BlockUpdate, GRPOGroup, deterministic_event_id  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
 
 
 def make_log(n: int, blocks: int) -> tuple[list[GRPOGroup], list[BlockUpdate]]:
@@ -95,13 +101,15 @@ def main() -> None:
     ap.add_argument("--model-groups", type=int, default=5)
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/eigenloop-bench"))
     args = ap.parse_args()
-    settings = Settings(data_dir=args.data_dir, kafka=KafkaSettings(topic_prefix=f"bench{uuid.uuid4().hex[:6]}."))
-    asyncio.run(ensure_topics(settings))
-    groups, updates = make_log(args.groups, args.blocks)
-    t0 = time.perf_counter()
-    asyncio.run(produce(settings, groups, updates))
-    out = {"produce_s": round(time.perf_counter() - t0, 2)}
-    out["bookkeeping"] = asyncio.run(bookkeeping(settings, args.groups))
+    # the settings as every command reads them: this used to build KafkaSettings itself and so
+    # ignored EIGENLOOP_KAFKA__BOOTSTRAP ("no Kafka broker configured")
+    with bench_settings("bench", data_dir=args.data_dir) as settings:
+        asyncio.run(ensure_topics(settings))
+        groups, updates = make_log(args.groups, args.blocks)
+        t0 = time.perf_counter()
+        asyncio.run(produce(settings, groups, updates))
+        out = {"produce_s": round(time.perf_counter() - t0, 2)}
+        out["bookkeeping"] = asyncio.run(bookkeeping(settings, args.groups))
     out["model_compute"] = model_compute(args.model_groups)
     print(json.dumps(out, indent=2))
 

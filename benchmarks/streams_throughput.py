@@ -1,10 +1,11 @@
 """Streams throughput: events/s through the reward and group path versus raw aiokafka
 consumption of the same topics, and the p99 window-close lag of idle windows.
 
-    EIGENLOOP_KAFKA_BOOTSTRAP=host:port .venv/bin/python benchmarks/streams_throughput.py [--seconds 300]
+    .venv/bin/python benchmarks/streams_throughput.py [--seconds 300]
 
-(or without the variable: the local broker of ``eigenloop kafka start`` is used). It writes to a
-fresh topic prefix, so it can run beside anything else on the broker.
+The broker: as every eigenloop command finds it (``EIGENLOOP_KAFKA__BOOTSTRAP``, the config file,
+the local broker of ``eigenloop kafka start``), else a throwaway one (``benchmarks/bench_kafka.py``).
+It writes to a fresh topic prefix, so it can run beside anything else on the broker.
 
 1. Loads ``--seconds`` of the recorded spot BTCUSDT capture (book tickers + trades) and a group of
    G candidates every 2 s, all into ``market.events`` / ``agent.actions``.
@@ -32,10 +33,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "streams")]
 
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
+from benchmarks.bench_kafka import bench_settings  # noqa: E402
 from daemon.eventlog.admin import ensure_topics  # noqa: E402
-from daemon.eventlog.connection import bootstrap_for, client_kwargs  # noqa: E402
+from daemon.eventlog.connection import client_kwargs  # noqa: E402
 from schemas import Action, MarketActionSpec  # noqa: E402
-from schemas.settings import GroupConfig, KafkaSettings, Settings, StreamsSettings  # noqa: E402
+from schemas.settings import GroupConfig, Settings, StreamsSettings  # noqa: E402
 from stream_cases import live_feed, make_actions, market_events, run_feed  # noqa: E402
 from worker_harness import Collector, Worker, produce, write_config  # noqa: E402
 
@@ -80,11 +82,12 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="streams-bench-"))
-    base = Settings()
-    settings = Settings(data_dir=tmp, kafka=KafkaSettings(bootstrap=bootstrap_for(base),
-                                                          topic_prefix=f"bench{uuid.uuid4().hex[:8]}."),
-                        groups=GroupConfig(group_size=args.group_size, grace_s=1.0),
-                        streams=StreamsSettings(idle_tick_s=0.25))
+    with bench_settings("bench", data_dir=tmp, groups=GroupConfig(group_size=args.group_size, grace_s=1.0),
+                        streams=StreamsSettings(idle_tick_s=0.25)) as settings:
+        measure(args, settings, tmp)
+
+
+def measure(args: argparse.Namespace, settings: Settings, tmp: Path) -> None:
     asyncio.run(ensure_topics(settings, keep_all=True))  # the capture's timestamps are months old
     events = market_events(args.data, seconds=args.seconds)
     actions = make_actions(events, group_size=args.group_size)

@@ -173,10 +173,11 @@ def learner_bootstrap(path: Optional[Path] = typer.Option(None, help="where to w
                       steps: Optional[int] = typer.Option(None, help="pretraining steps")) -> None:
     """Create the initial snapshot (grammar pretraining) unless one exists."""
     from daemon import snapshots
-    from daemon.runtime import learner_config
+    from daemon.runtime import apply_torch_threads, learner_config
     from learners.bootstrap import ensure_initial_snapshot
 
     s = _settings()
+    apply_torch_threads(s)  # as the daemon does: OpenMP threads spinning on busy cores slow torch ~7x
     existing = snapshots.newest_snapshot(snapshots.snapshot_root(s.data_dir))
     if path is None and existing is not None:
         typer.echo(f"a snapshot exists already ({existing}); nothing to bootstrap")

@@ -7,7 +7,8 @@
   GET tells its state.
 - ``/snapshot``: POST writes a snapshot now and answers with its path (the preStop hook).
 - ``/pin``: POST {"snapshot", "blocks", "reason"} restores those blocks from a snapshot.
-- ``/status``: the compact counters (events, groups, updates, policy_version, reward).
+- ``/status``: the compact counters (events, groups, updates, policy_version, reward) and the
+  source streams up and down (``sources``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The jars come from Maven (``kafka/pom.xml``) into ``.cache/kafka/libs``; ``fetch
 Maven once and is a no-op afterwards. ``start`` formats KRaft storage under the data folder,
 starts the broker on free ports, waits until it answers a metadata request, and writes its
 bootstrap address and PID to ``<data_dir>/kafka/broker.json``, where every other command looks
-for it. ``stop`` stops exactly the process it started, by PID.
+for it. ``stop`` stops exactly the process it started, by PID, and returns once it is gone.
 """
 
 from __future__ import annotations
@@ -263,14 +263,23 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
     stopped = False
     if _alive(info.pid):
         os.kill(info.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(info.pid):
-            time.sleep(0.1)
-        if _alive(info.pid):
+        if not _gone_within(info.pid, timeout):
             os.kill(info.pid, signal.SIGKILL)
+            # returns only once the process is gone, so a check right after (.ci/run's) is exact
+            if not _gone_within(info.pid, 10.0):
+                raise BrokerError(f"the broker (pid {info.pid}) survived SIGKILL")
         stopped = True
     state_file(data_dir).unlink(missing_ok=True)
     return stopped
+
+
+def _gone_within(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)  # polling interval of a deadline loop
+    return True
 
 
 def resolve_bootstrap(configured: str | None, data_dir: Path) -> str:

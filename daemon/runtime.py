@@ -21,6 +21,7 @@ from daemon.http import HttpServer
 from daemon.learner_loop import LearnerLoop
 from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
+from daemon.sources import up_down
 from schemas import BookTicker, DeadLetter, Event, MarketTrade, SocialEngagement, SocialPost, StreamGap
 from schemas.settings import ExchangeSettings, Settings
 
@@ -91,6 +92,7 @@ class Daemon:
         self.started_at = time.time()
         self._broker_ok_at = 0.0
         self.parts: list[Any] = []
+        self.sources: list[Any] = []  # started MarketSource / JetstreamSource, for up/down in status
 
     async def start(self) -> None:
         s = self.s
@@ -121,6 +123,7 @@ class Daemon:
                                        backoff_max_s=s.sources.backoff_max_s)
             await self.market.start()
             self.parts.append(self.market)
+            self.sources.append(self.market)
         if self.jetstream_url:
             from daemon.sources.social import JetstreamSource
 
@@ -128,6 +131,7 @@ class Daemon:
                                           collections=s.sources.social_collections)
             await self.social.start()
             self.parts.append(self.social)
+            self.sources.append(self.social)
         self.http = HttpServer(s.http.host, s.http.port, health=self.health, ready=self.readiness,
                                kill_switch=self.kill, snapshot=self._snapshot_now, status=self.status,
                                pin=self.pin)
@@ -262,7 +266,9 @@ class Daemon:
                 "dead_letters": self.dead_letters, "checksum": self.learner.checksum()[:12],
                 "learn_offset": self.learner.next_offset, "learn_lag": self.learner.lag(),
                 "market_span_s": round((self.market_last_ns - self.market_first_ns) / 1e9, 1),
-                "side_probe": self.learner.side_probe}
+                "side_probe": self.learner.side_probe,
+                # events=0 alone does not say why: no input yet, or no stream connected at all
+                "sources": up_down(self.sources)}
 
     async def _status_loop(self) -> None:
         while True:

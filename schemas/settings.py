@@ -76,8 +76,9 @@ class StreamsSettings(_Section):
     stall_after_s: float = Field(5.0, gt=0, description="input waiting and none of it processed for this "
                                  "long: the partition is stalled (sought back to the agent's cursor, "
                                  "logged, /readyz fails)")
-    stall_exit_s: float | None = Field(60.0, gt=0, description="a stall this long: /healthz fails and the "
-                                       "worker exits for its supervisor to restart it; null: never")
+    stall_exit_s: float | None = Field(60.0, gt=0, description="a stall this long with no input processed "
+                                       "anywhere meanwhile (a wedged worker, not a backlog): /healthz fails and "
+                                       "the worker exits for its supervisor to restart it; null: never")
 
 
 class ExchangeSettings(_Section):

@@ -213,19 +213,23 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
 
 
 def _report_stall(app: faust.App, state: WorkerHealth, now: float) -> None:
-    """Say what the consumer looks like while a partition is stuck; exit once it is stuck too long."""
+    """Say what the consumer looks like while a partition is stuck; exit once the worker is wedged
+    (``streams.health.wedged``)."""
     stalled = state.stalled
     if state.should_report(now):
         c = app.consumer
-        log.warning("streams worker stalled: %s read=%s paused=%s buffered=%s flow_active=%s app_flow=%s "
-                    "producer_buffer=%s fetch=%s", stalled, {tp: c._read_offset.get(TP(*tp)) for tp in stalled},
+        # no_progress_s small: the worker is busy with other input and these partitions wait their turn
+        log.warning("streams worker stalled: %s no_progress_s=%s read=%s paused=%s buffered=%s flow_active=%s "
+                    "app_flow=%s producer_buffer=%s fetch=%s", stalled, state.no_progress_s,
+                    {tp: c._read_offset.get(TP(*tp)) for tp in stalled},
                     sorted(tp for tp in map(tuple, c._paused_partitions) if tp in stalled),
                     c._buffered_partitions, c.flow_active, app.flow_control.is_active(), app.producer.buffer.size,
                     _fetch_state(c, stalled))
     if state.exit_due():
         # at-least-once: a restart resumes from the persisted input cursors and loses nothing (the same
         # path as a kill -9, which the tests exercise); outputs are deduplicated by event_id
-        log.error("streams worker stalled past %.0f s: exiting for the supervisor to restart it", state.exit_after_s)
+        log.error("streams worker stalled past %.0f s with no input processed meanwhile: exiting for the "
+                  "supervisor to restart it", state.exit_after_s)
         logging.shutdown()
         os._exit(STALL_EXIT_CODE)
 

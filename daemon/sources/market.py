@@ -155,6 +155,10 @@ class MarketSource:
                 await x.ex.close()
         log.info("market.stopped")
 
+    def streams_up(self) -> dict[str, bool]:
+        """``exchange:symbol:channel`` -> up: it has delivered since its last (re)connect."""
+        return {f"{s.exchange}:{s.symbol}:{s.channel}": s.up for s in self.states}
+
     async def wait(self) -> None:
         """Return when every stream task has ended; re-raise a sink error if one stopped it."""
         results = await asyncio.gather(*self._tasks[:-1], return_exceptions=True)

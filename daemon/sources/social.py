@@ -98,6 +98,10 @@ class JetstreamSource:
             with contextlib.suppress(BaseException):
                 await self._task
 
+    def streams_up(self) -> dict[str, bool]:
+        """The one stream -> up: its websocket is connected."""
+        return {SOURCE: self.state.up}
+
     async def wait(self) -> None:
         if self._task is not None:
             await self._task

@@ -7,6 +7,7 @@ tests do the same, and the kill test also reports how many raw duplicates there 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.error
@@ -259,5 +260,36 @@ def test_a_commit_past_unprocessed_input_loses_nothing(kafka_settings, shared_da
         _assert_nothing_lost(ok, c, want_o, want_g)
         assert any("market.events" in line and "seeking back" in line for line in worker.lines), \
             "the hole was never sought back: " + "".join(worker.lines[-20:])
+    finally:
+        worker.stop()
+
+
+def test_a_worker_in_catch_up_and_then_at_the_end_of_its_input_is_not_stopped_as_stalled(kafka_settings, shared_data,
+                                                                                            tmp_path):
+    """Partitions that wait behind a backlog, then input read to the end, with a stall limit far below
+    the catch-up time: the worker works through it all and then idles, without a stall exit."""
+    s, _, events, actions, _, want_g = _recorded_case(kafka_settings, shared_data, tmp_path, 300)
+    s = s.model_copy(update={"streams": s.streams.model_copy(update={"stall_after_s": 1.0, "stall_exit_s": 4.0})})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = s.model_copy(update={"streams": s.streams.model_copy(update={"web_port": port})})
+    run(produce(s, [("market.events", e) for e in events] + [("agent.actions", a) for a in actions]))
+    worker = Worker(s, write_config(s, tmp_path / "cfg.yaml")).start()
+    try:
+        worker.wait_ready()
+        ok, c = _after_restart(s, want_g, timeout=180)
+        assert ok and worker.stall_exits == 0, f"stall exits: {worker.stall_exits}\n" + "".join(worker.lines[-40:])
+        # how long partitions waited their turn (past stall_exit_s, a worker before the fix exited)
+        waits = [float(m.group(1)) for m in (re.search(r"stalled ([0-9.]+) s behind", line) for line in worker.lines)
+                 if m]
+        print(f"longest wait of a partition in catch-up: {max(waits, default=0.0)} s")
+        # read to the end: idle, and still up and live well past stall_exit_s
+        deadline = time.monotonic() + 3 * s.streams.stall_exit_s
+        while time.monotonic() < deadline:
+            assert worker.alive() and worker.stall_exits == 0, "".join(worker.lines[-40:])
+            assert _probe(port, "/healthz")[0] == 200
+            time.sleep(0.25)  # polling interval of an observation window
+        assert _probe(port, "/readyz") == (200, {"status": "ready", "stalled": {}})
     finally:
         worker.stop()

@@ -30,6 +30,7 @@ class Worker:
         self.settings, self.config = settings, config
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
+        self.stall_exits = 0  # restarts after an exit with the stall code
 
     def start(self) -> "Worker":
         env = dict(os.environ, EIGENLOOP_CONFIG=str(self.config), PYTHONUNBUFFERED="1")
@@ -52,6 +53,7 @@ class Worker:
         # the worker exits with 75 when an input partition stalls, for its supervisor to restart
         # it (streams.health); do what `eigenloop run` and Kubernetes do
         if proc.wait() == STALL_EXIT_CODE and proc is self.proc:
+            self.stall_exits += 1
             self.start()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
