@@ -89,13 +89,16 @@ def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch
         xs = _step_inputs(x0, prompt_len, steps, mask_id)  # (S_b * N, T)
         ts = torch.tensor([times[s] for s in steps], device=x0.device).repeat_interleave(N)
         pos = torch.tensor([prompt_len + s for s in steps], device=x0.device).repeat_interleave(N)
-        row = torch.arange(len(steps) * N, device=x0.device)
+        # a group's candidates share most prefixes (every row of step 0 is the bare prompt), so
+        # each distinct input runs once and its logits are shared: same values, same gradient
+        uniq, inverse = torch.unique(xs, dim=0, return_inverse=True)
+        t_uniq = torch.zeros(len(uniq), device=x0.device).scatter(0, inverse, ts)  # one t per input
         with autocast_for(x0.device):
-            logits = model.blocks[b](xs, ts)[row, pos]  # (S_b * N, V): only the revealed position
+            logits = model.blocks[b](uniq, t_uniq)[inverse, pos]  # (S_b * N, V): the revealed position
             ref_logits = None
             if ref_model is not None:
                 with torch.no_grad():
-                    ref_logits = ref_model.blocks[b](xs, ts)[row, pos]
+                    ref_logits = ref_model.blocks[b](uniq, t_uniq)[inverse, pos]
         logp = step_logprobs(logits, suppress_ids)
         target = x0[:, prompt_len:][:, steps].T.reshape(-1)  # (S_b * N,), step-major like xs
         keep = counted[:, steps].T.reshape(-1).float()
