@@ -143,3 +143,19 @@ def test_vmapped_grpo_step_matches_the_loop():
         assert all(abs(x.loss - y.loss) < 1e-4 for x, y in zip(ua, ub))
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         torch.testing.assert_close(pa, pb, rtol=1e-3, atol=1e-5)
+
+
+def test_a_snapshot_from_before_the_trajectory_likelihood_replays_as_it_learned(tmp_path):
+    import json
+
+    state = build_state(tiny_config(likelihood="elbo", mirror=False, reveal_window=2, sample_steps=6))
+    save_snapshot(state, tmp_path / "old", {})
+    info = json.loads((tmp_path / "old" / "state.json").read_text())
+    for key in ("likelihood", "mirror"):  # what a snapshot written before them holds
+        del info["config"][key]
+    (tmp_path / "old" / "state.json").write_text(json.dumps(info))
+    restored = load_snapshot(tmp_path / "old")
+    assert restored.config.likelihood == "elbo" and restored.config.mirror is False
+    _, a = step(restored, group(0))
+    _, b = step(state, group(0))
+    assert [u.checksum for u in a] == [u.checksum for u in b]
