@@ -59,7 +59,11 @@ class RewardConfig(_Section):
 
 class GroupConfig(_Section):
     group_size: int = Field(8, ge=2, description="G: candidates sampled per prompt")
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    # "none" (Dr. GRPO): advantages stay in reward units (bps). Dividing by each group's std makes
+    # a quiet 5 s, where flat beats long and short by half a spread, as loud a vote as a 5 bps move;
+    # the policy then learns "flat" from the spread alone and, all G flat, never learns again
+    # (measured on the captures). Unscaled, a group counts as much as the money it moves.
+    scale_rewards: Literal["group", "batch", "none"] = "none"
     partial: Literal["drop", "keep"] = "keep"
     min_partial: int = Field(2, ge=2, description="keep a partial group only if G' >= this")
     grace_s: float = Field(2.0, ge=0, description="a group's window ends this long after its longest horizon")

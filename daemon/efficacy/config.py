@@ -51,7 +51,7 @@ class EfficacyConfig:
             exploring costs nothing and the executed trade can be the policy's best guess.
         reward_kind (`"pnl" | "risk_adjusted"`): what the learner is rewarded with. The reported
             bps always come from the same fill scored as ``pnl``.
-        scale_rewards: ``GroupConfig.scale_rewards`` (TRL semantics; "group" is the live default).
+        scale_rewards: ``GroupConfig.scale_rewards`` (TRL semantics; "none", the live default: see there).
         lr (`float`): learner learning rate; learner (`dict`): the rest of ``LearnerConfig``.
         bootstrap_steps (`int`): grammar pretraining before the first decision (cached on disk).
         bootstrap_actions (`list[str]`): the vocabulary of that pretraining, sides uniformly at
@@ -78,7 +78,7 @@ class EfficacyConfig:
     temperature: float | None = None
     choose: Literal["sample", "argmax"] = "argmax"
     reward_kind: Literal["pnl", "risk_adjusted"] = "pnl"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    scale_rewards: Literal["group", "batch", "none"] = "none"
     lr: float | None = None
     learner: dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_LEARNER)))
     bootstrap_steps: int = 400

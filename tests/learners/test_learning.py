@@ -14,10 +14,9 @@ def test_bootstrap_reaches_95_percent_parseable(signal_snapshot):
     state = load_snapshot(signal_snapshot)
     rng = random.Random(5)
     prompts = [(signal_prompt(rng)[0], "market") for _ in range(8)]
-    # the low-confidence sampler (LLaDA) is the clean-output path; random-order rollouts (the
-    # default, for GRPO diversity) trade a few malformed samples for unbiased sides
-    assert parse_rate(state, prompts=prompts, remasking="low_confidence") >= 0.95
-    assert parse_rate(state, prompts=prompts) >= 0.85
+    # the default sampler writes one byte per step, left to right: the side word comes first,
+    # drawn from its own marginal, and the rest follows it
+    assert parse_rate(state, prompts=prompts) >= 0.95
 
 
 def test_group_reward_rises_from_chance_to_0_8(signal_snapshot):
@@ -34,8 +33,10 @@ def test_group_reward_rises_from_chance_to_0_8(signal_snapshot):
                                          prompt=prompt, completions=comps, candidate_indices=list(range(8)),
                                          rewards=r, advantages=adv, group_size=8))
         history.append(m)
-    first, last = statistics.mean(history[:20]), statistics.mean(history[-20:])
-    print(f"mean group reward: first 20 groups {first:.2f}, last 20 groups {last:.2f}")
+    # the exact likelihood and the mirror learn this within a few dozen groups: chance is judged
+    # on the first five
+    first, last = statistics.mean(history[:5]), statistics.mean(history[-20:])
+    print(f"mean group reward: first 5 groups {first:.2f}, last 20 groups {last:.2f}")
     assert first < 0.55  # chance is about 1/3 (three sides)
     assert last >= 0.8
 
