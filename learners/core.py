@@ -22,6 +22,7 @@ from learners.objective import make_optimizers
 from learners.tokenizer import ByteTokenizer
 from learners.trajectory import trajectory_block_terms
 from schemas import BlockUpdate, GRPOGroup, deterministic_event_id
+from schemas.learn import NO_SIGNAL
 
 
 # The defaults are the cpu preset (``learners.presets``): what ``eigenloop run`` uses on a CPU and
@@ -257,6 +258,21 @@ def has_signal(group: GRPOGroup) -> bool:
     return group.status != "skipped" and len(adv) >= 2 and max(adv) - min(adv) > 1e-12
 
 
+def regulariser_only(config: LearnerConfig, group: GRPOGroup) -> bool:
+    """A group without reward signal that still takes the regulariser's step.
+
+    When all G candidates are the same (a policy that went deterministic, right or wrong, or
+    whose grammar broke the same way every time), the rewards have no spread and the reward term
+    is zero. Skipping such a group would leave the policy in that corner for good: nothing it
+    samples can ever have spread again. The regulariser (KL to the prior, entropy) still applies
+    and pulls it back, so learning resumes. Groups dropped on purpose (partial under ``drop``)
+    are not learned from at all.
+    """
+    no_spread = group.status != "skipped" or group.skip_reason == NO_SIGNAL
+    return (no_spread and len(group.completions) >= 1 and not has_signal(group)
+            and (config.kl_bootstrap_coef > 0 or config.entropy_coef > 0))
+
+
 def learning_rows(state: LearnerState, group: GRPOGroup) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(x0, eligible, prompt_len, halves): the group's rows, followed by its mirror image's when
     the mirror applies (``halves`` = 2; a mirror prompt has the original's length, so both stack)."""
@@ -294,12 +310,16 @@ def block_terms_for(state: LearnerState, blocks: list[int], x0, eligible, prompt
 def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[BlockUpdate]]:
     """Apply one closed group. Returns the (mutated) state and one BlockUpdate per updated block.
 
-    Groups without signal (status "skipped", or zero advantage spread) change nothing but
-    ``state.skipped_groups``. Otherwise ``policy_version`` moves by one.
+    Groups without reward signal (status "skipped", or zero advantage spread) count in
+    ``state.skipped_groups``; they change nothing else unless ``regulariser_only`` says they take
+    the regulariser's step (their advantages are zero, so the reward term vanishes exactly).
+    Every step that changes weights moves ``policy_version`` by one.
     """
     if not has_signal(group):
         state.skipped_groups += 1
-        return state, []
+        if not regulariser_only(state.config, group):
+            return state, []
+        group = group.model_copy(update={"advantages": [0.0] * len(group.completions)})
     cfg, model = state.config, state.model
     blocks = select_blocks(state)
     # the group's rows, and its mirror image's: one batch, one loss per half, one optimiser step

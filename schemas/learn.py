@@ -9,6 +9,11 @@ from pydantic import Field
 from schemas.base import Event
 
 
+# ``GRPOGroup.skip_reason`` of a complete group whose rewards have no spread: it carries no reward
+# signal, but the learner's regulariser still applies to it (``learners.core.step``)
+NO_SIGNAL = "no signal"
+
+
 class GRPOGroup(Event):
     """A closed group: G' candidates for one prompt with their rewards and advantages.
 

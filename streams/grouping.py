@@ -25,12 +25,13 @@ from typing import Callable, Literal, Mapping, Sequence
 
 from schemas.agent import Action, Outcome
 from schemas.ids import deterministic_event_id
-from schemas.learn import GRPOGroup
+from schemas.learn import NO_SIGNAL, GRPOGroup
 from schemas.settings import GroupConfig
 
 ScaleRewards = Literal["group", "batch", "none"]
 EPSILON = 1e-4  # TRL adds this to the std before dividing
-NO_SIGNAL = "no signal"
+__all__ = ["NO_SIGNAL", "bessel_std", "close_group", "compute_advantages", "group_event_id", "has_signal",
+           "window_end_ns"]
 
 
 def _mean(xs: Sequence[float]) -> float:

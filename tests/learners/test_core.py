@@ -74,7 +74,7 @@ def test_snapshot_restore_then_same_groups_gives_identical_checksums(tmp_path):
 
 
 def test_zero_spread_and_skipped_groups_are_counted_not_applied():
-    state = build_state(tiny_config())
+    state = build_state(tiny_config(kl_bootstrap_coef=0.0))
     before = [block_checksum(state.model, b) for b in range(3)]
     state, ups = step(state, group(0, advantages=(0.0, 0.0, 0.0)))
     assert ups == [] and state.skipped_groups == 1 and state.policy_version == 0
@@ -82,6 +82,17 @@ def test_zero_spread_and_skipped_groups_are_counted_not_applied():
     state, ups = step(state, g)
     assert ups == [] and state.skipped_groups == 2
     assert [block_checksum(state.model, b) for b in range(3)] == before
+
+
+def test_a_group_without_reward_signal_still_takes_the_regularisers_step():
+    state = build_state(tiny_config())  # kl_bootstrap_coef 0.1 by default
+    no_signal = group(0, advantages=(0.0, 0.0, 0.0)).model_copy(update={"status": "skipped",
+                                                                       "skip_reason": "no signal"})
+    state, ups = step(state, no_signal)
+    assert len(ups) == 3 and state.policy_version == 1 and state.skipped_groups == 1
+    dropped = group(1).model_copy(update={"status": "skipped", "skip_reason": "partial 2/3 dropped"})
+    state, ups = step(state, dropped)  # dropped on purpose: not learned from at all
+    assert ups == [] and state.policy_version == 1 and state.skipped_groups == 2
 
 
 def test_pin_blocks_restores_only_the_named_blocks(tmp_path):

@@ -36,18 +36,27 @@ def prior_snapshot(tmp_path_factory):
     return path
 
 
-def train(path, rule: str, groups: int, **config) -> tuple[dict, dict]:
-    """(bootstrap probe, final probe) after ``groups`` groups of ``rule`` with the learner defaults."""
-    state = load_snapshot(path, device="cpu")
-    state.config = LearnerConfig(**{"model": TINY, "device": "cpu", **config})
-    before = imbalance_probe(state)
-    rng, wins = random.Random(100), random.Random(200)
+def learn(state, rule: str, groups: int, seed: int = 0):
+    rng, wins = random.Random(100 + seed), random.Random(200 + seed)
     for i in range(groups):
         prompt, im = tasks.prompt(rng)
-        comps = sample(state, prompt, n=8, seed=1000 + i)
+        comps = sample(state, prompt, n=8, seed=1000 + 7919 * seed + i)
         r = tasks.rewards(comps, tasks.winner(rule, im, wins))
         state, _ = step(state, tasks.group(i, prompt, comps, r, state.policy_version))
-    return before, imbalance_probe(state)
+    return state
+
+
+def learner(path, **config):
+    state = load_snapshot(path, device="cpu")
+    state.config = LearnerConfig(**{"model": TINY, "device": "cpu", **config})
+    return state
+
+
+def train(path, rule: str, groups: int, **config) -> tuple[dict, dict]:
+    """(bootstrap probe, final probe) after ``groups`` groups of ``rule`` with the learner defaults."""
+    state = learner(path, **config)
+    before = imbalance_probe(state)
+    return before, imbalance_probe(learn(state, rule, groups))
 
 
 def long_minus_short(probe: dict) -> list[float]:
@@ -80,3 +89,23 @@ def test_a_56_percent_signal_is_learned(prior_snapshot):
     assert imbalance_gap(after) >= 0.3
     assert after["im=+0.8"]["long"] > after["im=+0.8"]["short"]
     assert after["im=-0.8"]["short"] > after["im=-0.8"]["long"]
+
+
+@pytest.mark.slow
+def test_a_policy_in_a_corner_is_pulled_back_by_the_regulariser(prior_snapshot):
+    """All G candidates alike (here: "short" everywhere, after drift without the mirror) means no
+    reward spread. The KL to the prior still applies to such groups, so the policy leaves the
+    corner; without it, nothing could ever move it again."""
+    cornered = learn(learner(prior_snapshot, mirror=False, kl_bootstrap_coef=0.0), "drift", 60)
+    assert min(p["short"] for p in imbalance_probe(cornered).values()) > 0.95
+    out = {}
+    for kl in (0.1, 0.0):
+        state = learner(prior_snapshot, kl_bootstrap_coef=kl)
+        state.model.load_state_dict(cornered.model.state_dict())
+        version = state.policy_version
+        state = learn(state, "drift", 100, seed=1)
+        out[kl] = (imbalance_probe(state), state.policy_version - version)
+    print({kl: (max(p["short"] for p in probe.values()), moved) for kl, (probe, moved) in out.items()})
+    assert max(p["short"] for p in out[0.1][0].values()) < 0.9 and out[0.1][1] == 100
+    # without a regulariser only the rare group that samples something else moves the policy
+    assert min(p["short"] for p in out[0.0][0].values()) > 0.95 and out[0.0][1] < 50
