@@ -79,6 +79,11 @@ class LearnerConfig:
               sequential sampler (``learners.trajectory``); needs ``reveal_window=1`` and
               ``sample_steps == gen_len``. No mask noise, and the side word is always scored.
             - "elbo": the masked-diffusion ELBO, K mask draws per block (any sampler).
+        forced_p (`float | None`, default 0.99): with the trajectory likelihood and the frozen
+            reference, the reward term leaves out the bytes the bootstrap prior writes with at
+            least this probability (the grammar around the choices); the KL still covers them.
+            Without it, reward noise erodes the grammar under Adam (measured on the captures:
+            "short1  h5", "fla", all G invalid). None: every byte (the exact log pi).
         mirror (`bool`, default True): a market group also teaches its mirror image (signed
             features flipped, long <-> short, the same advantages) in the same step, so a drift
             that favours one side over the training days cannot pay. Social groups are unchanged.
@@ -123,6 +128,7 @@ class LearnerConfig:
     grad_clip: float = 0.5
     loss_type: Literal["wd1", "clipped"] = "wd1"
     likelihood: Literal["trajectory", "elbo"] = "trajectory"
+    forced_p: float | None = 0.99
     mirror: bool = True
     mc_draws: int = 2
     inner_steps: int = 1
@@ -161,6 +167,8 @@ class LearnerConfig:
             raise ValueError(f"batch_blocks={self.batch_blocks!r}; use 'auto', 'loop' or 'vmap'")
         if self.remasking not in ("low_confidence", "random"):
             raise ValueError(f"remasking={self.remasking!r}; use 'low_confidence' or 'random'")
+        if self.forced_p is not None and not 0 < self.forced_p <= 1:
+            raise ValueError(f"forced_p={self.forced_p} must be in (0, 1], or null to score every byte")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
         if self.likelihood not in ("trajectory", "elbo"):
@@ -299,8 +307,10 @@ def block_terms_for(state: LearnerState, blocks: list[int], x0, eligible, prompt
     cfg = state.config
     if cfg.likelihood == "trajectory":
         tok = state.tokenizer
+        forced = cfg.forced_p if state.ref_model is not None else None
+        ref = state.ref_model if forced is not None else use_ref  # the reference also marks forced bytes
         terms = trajectory_block_terms(state.model, blocks, x0, prompt_len, (tok.pad_token_id, tok.bos_token_id),
-                                       tok.eos_token_id, use_ref, want_entropy=cfg.entropy_coef > 0)
+                                       tok.eos_token_id, ref, want_entropy=cfg.entropy_coef > 0, forced_p=forced)
         return terms, None
     terms = all_block_terms(state.model, blocks, x0, eligible, cfg.mc_draws, state.generator, use_ref,
                             want_entropy=cfg.entropy_coef > 0, batched=batched)

@@ -19,6 +19,8 @@ wrote after it never reached the action, and rewarding it would only add noise.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -65,12 +67,22 @@ def step_logprobs(logits: torch.Tensor, suppress_ids: tuple[int, ...]) -> torch.
 
 def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch.Tensor, prompt_len: int,
                            suppress_ids: tuple[int, ...], eos_id: int,
-                           ref_model: BlockDiffusionLM | None = None, want_entropy: bool = False) -> dict:
+                           ref_model: BlockDiffusionLM | None = None, want_entropy: bool = False,
+                           forced_p: float | None = None) -> dict:
     """{block: terms} with the same keys as ``learners.grpo.all_block_terms``.
 
     ``share`` (N,) is the block's exact part of log pi(o|q); ``ref_share`` the reference's part;
     ``entropy`` and ``kl`` are means over the counted steps of the block. One batched forward per
     block covers all of its steps for the whole group.
+
+    ``forced_p`` (needs ``ref_model``): ``share`` and ``ref_share`` leave out the steps the
+    reference writes with at least this probability, i.e. the grammar around the choices (after
+    "l" the prior writes "ong 1 h5" and nothing else). Those steps decide nothing, yet every
+    group would push them up or down with its advantages; under Adam, which scales each weight's
+    step to its own gradient, those tiny pushes add up to a random walk that erodes the grammar
+    ("short1  h5", "fla"). Left out of the reward term they are held by the KL alone, which
+    still covers every step. What remains is exact for a sampler constrained to the grammar,
+    where a forced byte has probability 1.
     """
     N, T = x0.shape
     L = T - prompt_len
@@ -112,7 +124,13 @@ def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch
         ref_share = torch.zeros(N, device=x0.device)
         if ref_logits is not None:
             ref_logp = step_logprobs(ref_logits, suppress_ids)
-            ref_share = (ref_logp.gather(-1, target[:, None]).squeeze(-1) * keep).view(len(steps), N).sum(0)
+            if forced_p is not None:
+                choice = (ref_logp.max(-1).values < math.log(forced_p)).float()
+                share = (tok * choice).view(len(steps), N).sum(0)
+                keep_reward = keep * choice
+            else:
+                keep_reward = keep
+            ref_share = (ref_logp.gather(-1, target[:, None]).squeeze(-1) * keep_reward).view(len(steps), N).sum(0)
             ref_finite = ref_logp.masked_fill(torch.isinf(ref_logp), 0.0)
             kl = ((logp.exp() * (finite - ref_finite)).sum(-1) * keep).sum() / n_kept
         out[b] = {"share": share, "ref_share": ref_share, "entropy": ent, "kl": kl}

@@ -125,3 +125,20 @@ def test_exact_probe_needs_the_sequential_sampler():
     state = build_state(seq_config(reveal_window=2, likelihood="elbo"))
     with pytest.raises(ValueError, match="sequential"):
         side_probabilities(state, "M X im=+0.50>")
+
+
+def test_forced_bytes_leave_the_reward_term_but_not_the_kl():
+    from learners.core import reset_reference
+
+    state = build_state(seq_config())
+    reset_reference(state)
+    x0, _ = encode_group(state.tokenizer, "M X im=+0.50>", ["long 1 h5", "short 1 h5"], 12)
+    P = x0.size(1) - 12
+    args = (state.model, [0, 1], x0, P, (257, 258), 259, state.ref_model)
+    exact = trajectory_block_terms(*args)
+    everything_free = trajectory_block_terms(*args, forced_p=1.0)  # no byte is written with p >= 1
+    all_forced = trajectory_block_terms(*args, forced_p=1e-12)  # every byte counts as forced
+    for b in (0, 1):
+        torch.testing.assert_close(everything_free[b]["share"], exact[b]["share"])
+        assert torch.count_nonzero(all_forced[b]["share"]) == 0
+        torch.testing.assert_close(all_forced[b]["kl"], exact[b]["kl"])  # the KL still sees every byte
