@@ -20,15 +20,15 @@ import argparse
 import random
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from learners import tasks
 from learners.bootstrap import bootstrapped_state
-from learners.core import LearnerConfig, block_terms_for, learning_rows, sample, select_blocks, step
+from learners.core import LearnerConfig, block_loss, block_terms_for, learning_rows, sample, select_blocks, step
 from learners.grammar import prior_pairs
-from learners.grpo import LOSSES
 from learners.snapshot import is_snapshot, load_snapshot, save_snapshot
 
 VARIANTS = {"trajectory": {"likelihood": "trajectory"}, "elbo K=1": {"likelihood": "elbo", "mc_draws": 1},
@@ -65,14 +65,13 @@ def gradient(state, group) -> torch.Tensor:
     """The step's gradient for one group (no optimiser step), all blocks flattened."""
     blocks = select_blocks(state)
     x0, eligible, prompt_len, halves = learning_rows(state, group)
-    G = len(group.completions)
     adv = torch.tensor(group.advantages)
     for b in blocks:
         state.optimizers[b].zero_grad(set_to_none=True)
     terms, finish = block_terms_for(state, blocks, x0, eligible, prompt_len, None, batched=False)
-    loss = sum(LOSSES["wd1"](terms[b]["share"][h * G:(h + 1) * G], adv, state.config.gen_len)
-               for b in blocks for h in range(halves))
-    loss.backward()
+    # the reward term only (the KL's gradient is the same for every likelihood)
+    reward_only = replace(state.config, kl_bootstrap_coef=0.0, entropy_coef=0.0)
+    sum(block_loss(reward_only, terms[b], adv, halves) for b in blocks).backward()
     if finish is not None:
         finish()
     return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())

@@ -15,18 +15,25 @@ from daemon.policy import ResidentPolicy
 from learners.probe import imbalance_gap, imbalance_probe
 
 
-def export_side_probe(policy: ResidentPolicy) -> dict[str, Any] | None:
-    """Probe the resident model under its lock and set the gauges; None when the model's sampler
-    has no exact side probability (it is not sequential), in which case nothing is exported."""
-    if not policy.state.config.sequential:
-        return None
+def probe_policy(policy: ResidentPolicy) -> dict[str, Any]:
+    """{"policy_version", "im=-0.8": {side: p}, ..., "gap"}: the exact probe of the resident model,
+    taken under its lock at the temperature it samples with (the efficacy benchmark's probe too)."""
     version = policy.policy_version
     answers: dict[str, dict[str, float]] = policy.with_state(  # type: ignore[assignment]
         lambda st: imbalance_probe(st, temperature=policy.base_temperature))
-    for key, probs in answers.items():
-        for side, p in probs.items():
-            metrics.SIDE_PROBABILITY.labels(key.removeprefix("im="), side).set(p)
-    gap = imbalance_gap(answers)
-    metrics.IMBALANCE_GAP.set(gap)
-    return {"policy_version": version, "gap": round(gap, 4),
-            **{k: {s: round(p, 4) for s, p in v.items()} for k, v in answers.items()}}
+    return {"policy_version": version, **answers, "gap": imbalance_gap(answers)}
+
+
+def export_side_probe(policy: ResidentPolicy) -> dict[str, Any] | None:
+    """Probe the resident model and set the gauges; None when the model's sampler has no exact
+    side probability (it is not sequential), in which case nothing is exported."""
+    if not policy.state.config.sequential:
+        return None
+    probe = probe_policy(policy)
+    for key, probs in probe.items():
+        if key.startswith("im="):
+            for side, p in probs.items():
+                metrics.SIDE_PROBABILITY.labels(key.removeprefix("im="), side).set(p)
+    metrics.IMBALANCE_GAP.set(probe["gap"])
+    return {k: round(v, 4) if k == "gap" else {s: round(p, 4) for s, p in v.items()} if k.startswith("im=") else v
+            for k, v in probe.items()}

@@ -285,17 +285,12 @@ def learning_rows(state: LearnerState, group: GRPOGroup) -> tuple[torch.Tensor, 
     """(x0, eligible, prompt_len, halves): the group's rows, followed by its mirror image's when
     the mirror applies (``halves`` = 2; a mirror prompt has the original's length, so both stack)."""
     tok, L = state.tokenizer, state.config.gen_len
-    prompt, comps = group.prompt, list(group.completions)
-    halves = 1
-    if mirrors(state.config, group):
-        prompt_m = mirror_market_prompt(prompt)
-        comps = comps + [mirror_market_completion(c) for c in comps]
-        halves = 2
-    x0, eligible = encode_group(tok, prompt, comps, L, state.device)
-    if halves == 2:
-        x0m, _ = encode_group(tok, prompt_m, comps[len(group.completions):], L, state.device)
-        x0[len(group.completions):] = x0m
-    return x0, eligible, x0.size(1) - L, halves
+    x0, eligible = encode_group(tok, group.prompt, group.completions, L, state.device)
+    if not mirrors(state.config, group):
+        return x0, eligible, x0.size(1) - L, 1
+    x0m, eligible_m = encode_group(tok, mirror_market_prompt(group.prompt),
+                                   [mirror_market_completion(c) for c in group.completions], L, state.device)
+    return torch.cat([x0, x0m]), torch.cat([eligible, eligible_m]), x0.size(1) - L, 2
 
 
 def mirrors(config: LearnerConfig, group: GRPOGroup) -> bool:
@@ -317,6 +312,19 @@ def block_terms_for(state: LearnerState, blocks: list[int], x0, eligible, prompt
     return terms, terms.pop("_finish", None)
 
 
+def block_loss(cfg: LearnerConfig, terms: dict, adv: torch.Tensor, halves: int,
+               old_share: torch.Tensor | None = None) -> torch.Tensor:
+    """One block's loss from its terms: the GRPO loss per half (the mirror is a group of its own,
+    its weights computed over its own G rows) plus the regularisers."""
+    G = adv.numel()
+    old = terms["share"].detach() if old_share is None else old_share
+    loss = sum(LOSSES[cfg.loss_type](terms["share"][h * G:(h + 1) * G], adv, cfg.gen_len,
+                                     old_share=old[h * G:(h + 1) * G], ref_share=terms["ref_share"][h * G:(h + 1) * G],
+                                     clip_eps=cfg.clip_eps, beta=cfg.beta)
+               for h in range(halves))
+    return loss - cfg.entropy_coef * terms["entropy"] + cfg.kl_bootstrap_coef * terms["kl"]
+
+
 def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[BlockUpdate]]:
     """Apply one closed group. Returns the (mutated) state and one BlockUpdate per updated block.
 
@@ -334,7 +342,6 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
     blocks = select_blocks(state)
     # the group's rows, and its mirror image's: one batch, one loss per half, one optimiser step
     x0, eligible, prompt_len, halves = learning_rows(state, group)
-    G = len(group.completions)
     adv = torch.tensor(group.advantages, dtype=torch.float32, device=state.device)
     use_ref = state.ref_model if (cfg.beta > 0 or cfg.kl_bootstrap_coef > 0) else None
     before = {b: [p.detach().clone() for p in model.blocks[b].parameters()] for b in blocks}
@@ -353,14 +360,7 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
             terms = all_terms[b]
             if it == 0:
                 old_share[b] = terms["share"].detach()
-            # the mirror is a group of its own: its weights are computed over its own G rows
-            loss = sum(LOSSES[cfg.loss_type](terms["share"][h * G:(h + 1) * G], adv, cfg.gen_len,
-                                             old_share=old_share[b][h * G:(h + 1) * G],
-                                             ref_share=terms["ref_share"][h * G:(h + 1) * G],
-                                             clip_eps=cfg.clip_eps, beta=cfg.beta)
-                       for h in range(halves))
-            loss = loss - cfg.entropy_coef * terms["entropy"] + cfg.kl_bootstrap_coef * terms["kl"]
-            losses[b] = loss
+            losses[b] = block_loss(cfg, terms, adv, halves, old_share[b])
         torch.stack([losses[b] for b in blocks]).sum().backward()  # no parameter is shared
         if finish is not None:
             finish()

@@ -11,6 +11,8 @@ can print identical shares for prompts whose probabilities differ.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from learners.core import LearnerState
@@ -44,7 +46,7 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
             rows.append(p_ids + ids[:s] + [tok.mask_token_id] * (L - s))
             keys.append((side, s, ids[s]))
     x = torch.tensor(rows, dtype=torch.long, device=device)
-    logp = torch.zeros(len(rows), dtype=torch.float64)
+    step_p = [0.0] * len(rows)  # the probability of each (word, step) byte
     was_training = model.training
     model.eval()
     for b in sorted({owner[s] for _, s, _ in keys}):
@@ -62,9 +64,9 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
                 p = 1.0 if int(logits[j].argmax()) == target else 0.0
             else:
                 p = float(probs[j, target])
-            logp[i] = torch.log(torch.tensor(p, dtype=torch.float64)) if p > 0 else float("-inf")
+            step_p[i] = p
     model.train(was_training)
-    out = {side: float(sum(logp[i] for i, k in enumerate(keys) if k[0] == side).exp()) for side in SIDE_WORDS}
+    out = {side: math.prod(step_p[i] for i, k in enumerate(keys) if k[0] == side) for side in SIDE_WORDS}
     out["invalid"] = max(0.0, 1.0 - sum(out.values()))
     return out
 

@@ -30,8 +30,6 @@ from schemas.settings import GroupConfig
 
 ScaleRewards = Literal["group", "batch", "none"]
 EPSILON = 1e-4  # TRL adds this to the std before dividing
-__all__ = ["NO_SIGNAL", "bessel_std", "close_group", "compute_advantages", "group_event_id", "has_signal",
-           "window_end_ns"]
 
 
 def _mean(xs: Sequence[float]) -> float:

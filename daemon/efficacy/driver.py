@@ -30,20 +30,11 @@ from daemon.actor import Actor, Decision, choose_candidate
 from daemon.context import ContextWindow
 from daemon.efficacy.baselines import baseline_rewards, random_side, side_fills
 from daemon.policy import ResidentPolicy
-from learners.probe import imbalance_gap, imbalance_probe
+from daemon.side_probe import probe_policy
 from schemas import Action
 from schemas.settings import ActorSettings, GroupConfig, RewardConfig
 from streams.grouping import close_group, window_end_ns
 from streams.rewards import BookPath, horizon_end_ns, paper_fill, score_action, to_outcome
-
-
-def probe(policy: ResidentPolicy) -> dict[str, Any]:
-    """The policy's exact side probabilities for fixed prompts that differ only in imbalance.
-
-    A diagnostic, not an input: it shows whether the policy's answer depends on the imbalance
-    (P(long) rising with it) or on nothing (a side it prefers everywhere)."""
-    answers = policy.with_state(lambda st: imbalance_probe(st, temperature=policy.base_temperature))
-    return {"policy_version": policy.policy_version, **answers, "gap": imbalance_gap(answers)}
 
 
 async def _discard(topic: str, event: object) -> None:
@@ -97,7 +88,7 @@ class LoopDriver:
         pending: dict[str, list[_Open]] = {}
         records: list[dict[str, Any]] = []
         if self.probe_every and not self.probes:
-            self.probes.append({"closed": 0, "phase": phase, **probe(self.policy)})  # the bootstrap's answer
+            self.probes.append({"closed": 0, "phase": phase, **probe_policy(self.policy)})  # the bootstrap's answer
         taken = 0
         for ev in events:
             context.observe(ev)
@@ -134,7 +125,7 @@ class LoopDriver:
             self.sink(records[-1])
         self.closed += 1
         if self.probe_every and self.closed % self.probe_every == 0:
-            p = {"closed": self.closed, "phase": phase, **probe(self.policy)}
+            p = {"closed": self.closed, "phase": phase, **probe_policy(self.policy)}
             self.probes.append(p)
             if self.log:
                 self.log(f"probe v{p['policy_version']}: " + " ".join(

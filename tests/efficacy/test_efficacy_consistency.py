@@ -176,7 +176,7 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
             assert rec["rewards"][5] == cfg.min_reward
             assert rec["learned"] == rec["rewards"][0] and rec["learned_unit"] == rec["rewards"][0]
             assert policy.policy_version == version + 1, "a group with spread must move the learner"
-    from daemon.efficacy.driver import probe
+    from daemon.side_probe import probe_policy as probe
     from learners.probe import PROBE_IMBALANCES
 
     # the probe is exact, so it needs the sequential sampler: the same tiny model, one byte per step
