@@ -64,14 +64,14 @@ def signal_group(state, i: int, rng: random.Random):
 def gradient(state, group) -> torch.Tensor:
     """The step's gradient for one group (no optimiser step), all blocks flattened."""
     blocks = select_blocks(state)
-    x0, eligible, prompt_len, halves = learning_rows(state, group)
+    rows = learning_rows(state, group)
     adv = torch.tensor(group.advantages)
     for b in blocks:
         state.optimizers[b].zero_grad(set_to_none=True)
-    terms, finish = block_terms_for(state, blocks, x0, eligible, prompt_len, None, batched=False)
+    terms, finish = block_terms_for(state, blocks, rows, None, batched=False)
     # the reward term only (the KL's gradient is the same for every likelihood)
     reward_only = replace(state.config, kl_bootstrap_coef=0.0, entropy_coef=0.0)
-    sum(block_loss(reward_only, terms[b], adv, halves) for b in blocks).backward()
+    sum(block_loss(reward_only, terms[b], adv, rows.halves) for b in blocks).backward()
     if finish is not None:
         finish()
     return torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel())

@@ -223,7 +223,8 @@ class CollapseGuard:
         def run(st):
             cfg = st.config
             kw = dict(samples=c.probe_samples, gen_len=cfg.gen_len, steps=cfg.sample_steps, temperature=temperature,
-                      top_p=cfg.top_p, remasking=cfg.remasking, reveal_window=cfg.reveal_window, seed=c.probe_seed)
+                      top_p=cfg.top_p, remasking=cfg.remasking, reveal_window=cfg.reveal_window, seed=c.probe_seed,
+                      constrain=cfg.constrained)
             if self._reference is None and st.ref_model is not None:
                 self._reference = probe_distribution(probe_keys(st.ref_model, st.tokenizer, self.probe, **kw))
             return probe_keys(st.model, st.tokenizer, self.probe, **kw)

@@ -65,7 +65,7 @@ def load_or_bootstrap(settings: Settings, progress: bool = False) -> tuple[Any, 
         initial = settings.learner.initial_snapshot or root / "0000000000-bootstrap"
         log.info("no snapshot yet: bootstrapping the initial model", path=str(initial))
         newest = ensure_initial_snapshot(initial, learner_config(settings), steps=settings.learner.bootstrap_steps,
-                                         progress=progress)
+                                         progress=progress, report=lambda fields: log.info("bootstrap", **fields))
     device = None if settings.learner.device == "auto" else settings.learner.device
     return snapshots.load(newest, device=device), newest
 

@@ -1,6 +1,6 @@
 """The live policy's exact side probe, exported for SREs: does the policy read its input?
 
-``learners.probe`` computes, for fixed prompts that differ only in the imbalance, the exact
+``learners.probe`` computes, for fixed market states written with each probed imbalance, the exact
 probability that the sampler writes each side. Exported as ``eigenloop_policy_side_probability``
 and the one-number ``eigenloop_policy_imbalance_gap``; 0 means the policy gives every market the
 same answer (a collapse onto one side, or a prior that never learned).

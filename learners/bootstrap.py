@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -67,10 +68,13 @@ def parse_rate(state: LearnerState, n_prompts: int = 8, group_size: int = 8, see
 
 
 def bootstrap(state: LearnerState, steps: int = 600, batch_size: int = 32, lr: float = 3e-3,
-              seed: int = 0, progress: bool = True, pairs_fn=grammar_pairs) -> dict:
+              seed: int = 0, progress: bool = True, pairs_fn=grammar_pairs, report=None,
+              report_every_s: float = 5.0) -> dict:
     """Pretrain all blocks on grammar text; the state's own (RL) optimisers are left untouched.
 
     ``pairs_fn(rng, n) -> [(prompt, completion)]`` supplies the text (default: both grammars).
+    ``report(fields)`` (optional) gets {"step", "steps", "loss", "eta_s"} every ``report_every_s``
+    seconds and at the end: progress for plain logs, where the terminal bar does not draw.
     """
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -80,15 +84,22 @@ def bootstrap(state: LearnerState, steps: int = 600, batch_size: int = 32, lr: f
     state.model.train()
     losses: dict[int, float] = {}
     bar = _progress(progress)
+    started = last_report = time.monotonic()
     with bar:
         task = bar.add_task("bootstrap", total=steps, loss="")
-        for _ in range(steps):
+        for i in range(steps):
             x0, elig, attn = encode_examples(state.tokenizer, _fitting_pairs(pairs_fn, rng, batch_size, state.config.gen_len),
                                              state.config.gen_len, state.device)
             losses = train_blocks(state.model, opts, x0, elig, blocks, gen, grad_clip=1.0, attention_mask=attn)
             for s in scheds:
                 s.step()
             bar.update(task, advance=1, loss=" ".join(f"{v:.3f}" for v in losses.values()))
+            now = time.monotonic()
+            if report is not None and (now - last_report >= report_every_s or i + 1 == steps):
+                last_report = now
+                eta = (now - started) / (i + 1) * (steps - i - 1)
+                report({"step": i + 1, "steps": steps, "loss": round(sum(losses.values()) / max(len(losses), 1), 4),
+                        "eta_s": round(eta, 1)})
     return {"bootstrap_steps": steps, "bootstrap_final_loss": losses}
 
 
@@ -111,7 +122,7 @@ def bootstrapped_state(config: LearnerConfig | None = None, steps: int = 600, pr
 
 
 def ensure_initial_snapshot(path: str | os.PathLike, config: LearnerConfig | None = None, steps: int = 400,
-                            progress: bool = True) -> Path:
+                            progress: bool = True, report=None) -> Path:
     """Write the default initial snapshot at ``path`` unless one is already there; return the path.
 
     The text is the trading prior (``learners.grammar.prior_pairs``): the one the efficacy benchmark
@@ -120,6 +131,8 @@ def ensure_initial_snapshot(path: str | os.PathLike, config: LearnerConfig | Non
     if is_snapshot(path):
         return path
     state, info = bootstrapped_state(config, steps=steps, progress=progress, pairs_fn=prior_pairs(),
-                                     parse_prompts=prior_parse_prompts())
+                                     parse_prompts=prior_parse_prompts(), report=report)
+    if report is not None:
+        report({"step": steps, "steps": steps, "parse_rate": info.get("parse_rate"), "done": True})
     save_snapshot(state, path, {"source": "bootstrap", **info})
     return path

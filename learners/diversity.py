@@ -168,15 +168,19 @@ def probe_prompts(n: int = 16, seed: int = 1234,
 
 def probe_keys(model, tokenizer, prompts: Sequence[str], *, samples: int, gen_len: int, steps: int,
                temperature: float, top_p: float, remasking: str, reveal_window: int | None,
-               seed: int) -> list[ActionKey | None]:
-    """Action keys of ``samples`` completions per probe prompt, with a fixed seed per prompt."""
-    from learners.sampler import sample_completions  # torch: imported only where a model is used
+               seed: int, constrain: bool = False) -> list[ActionKey | None]:
+    """Action keys of ``samples`` completions per probe prompt, with a fixed seed per prompt;
+    ``constrain``: sample from the action grammar, as a constrained actor does."""
+    # torch: imported only where a model is used
+    from learners.constraint import action_trie
+    from learners.sampler import sample_completions
 
     keys: list[ActionKey | None] = []
     for i, prompt in enumerate(prompts):
         texts = sample_completions(model, tokenizer, prompt, n=samples, gen_len=gen_len, steps=steps,
                                    temperature=temperature, top_p=top_p, seed=seed + i, remasking=remasking,
-                                   reveal_window=reveal_window)
+                                   reveal_window=reveal_window,
+                                   constraint=action_trie(prompt, tokenizer, gen_len) if constrain else None)
         keys.extend(action_key(t) for t in texts)
     return keys
 

@@ -69,10 +69,15 @@ def _compact(x: float) -> str:
 def _format_value(short: str, v: float) -> str:
     if not math.isfinite(v):
         return "nan"
+    # Signed features carry their sign, except zero, which has none: written "+0", a flat return
+    # would share its sign byte with every rise, and a byte model reads "r60=+0" as "up" (measured:
+    # a policy that learned momentum answered long to the neutral probe, whatever the imbalance).
     if short.startswith("r") and short[1:].isdigit():
-        return f"{round(v):+d}"  # returns in bps: integer resolution is plenty
+        r = round(v)  # returns in bps: integer resolution is plenty
+        return f"{r:+d}" if r else "0"
     if short == "im":
-        return f"{max(-1.0, min(1.0, v)):+.2f}"
+        x = round(max(-1.0, min(1.0, v)), 2)
+        return f"{x:+.2f}" if x else "0.00"
     if short in ("sn", "sl", "sr"):
         return str(int(round(v)))
     return _compact(v)
@@ -95,7 +100,7 @@ _SIGNED_VALUE = re.compile(r"(?<=[ ])(" + "|".join(SIGNED) + r")=([+-])([0-9.]+)
 def _flip(m: re.Match) -> str:
     name, sign, digits = m.groups()
     if not any(ch in "123456789" for ch in digits):
-        return m.group(0)  # zero has no direction: "+0" stays "+0"
+        return m.group(0)  # zero has no direction (prompts written before zero lost its sign)
     return f"{name}={'-' if sign == '+' else '+'}{digits}"
 
 

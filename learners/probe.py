@@ -6,17 +6,19 @@ step probabilities, each under the block that runs that step, at the sampler's t
 top-p. That is the policy's answer with no sampling noise: a sampled share with one shared seed
 can print identical shares for prompts whose probabilities differ.
 
-``invalid`` is the rest: completions that start with none of the three side words.
+``invalid`` is the rest: completions that start with none of the three side words (zero when the
+learner samples from the action grammar, ``learners.constraint``).
 """
 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
-from learners.core import LearnerState
-from learners.grammar import format_market_prompt
+from learners.core import LearnerState, constraint_for
+from learners.grammar import PRIOR_SYMBOLS, format_market_prompt, market_scale_features
 from learners.objective import autocast_for
 from learners.sampler import prompt_ids, top_p_filter
 from learners.trajectory import step_blocks, step_times
@@ -38,13 +40,15 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
     p_ids = prompt_ids(tok, prompt)
     P = len(p_ids)
     owner, times = step_blocks(model, L), step_times(L)
+    trie = constraint_for(state, prompt)
     # one row per (side word, step): the prompt, the word's first s bytes, then [MASK]s
-    rows, keys = [], []
+    rows, keys, allowed = [], [], []
     for side, word in SIDE_WORDS.items():
         ids = tok.encode(word)[:L]
         for s in range(len(ids)):
             rows.append(p_ids + ids[:s] + [tok.mask_token_id] * (L - s))
             keys.append((side, s, ids[s]))
+            allowed.append(None if trie is None else trie.allowed(tuple(ids[:s])))
     x = torch.tensor(rows, dtype=torch.long, device=device)
     step_p = [0.0] * len(rows)  # the probability of each (word, step) byte
     was_training = model.training
@@ -57,6 +61,11 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
             logits = model.blocks[b](x[idx], t)[torch.arange(len(idx), device=device), pos].float()
         for sid in (tok.mask_token_id, tok.pad_token_id, tok.bos_token_id):
             logits[:, sid] = float("-inf")  # the sampler never proposes these
+        for j, i in enumerate(idx):
+            if allowed[i] is not None:  # the grammar constraint: renormalised over what may follow
+                keep = torch.zeros(logits.size(-1), dtype=torch.bool, device=device)
+                keep[allowed[i]] = True
+                logits[j] = logits[j].masked_fill(~keep, float("-inf"))
         probs = top_p_filter((logits / temperature).softmax(-1), top_p) if temperature > 0 else None
         for j, i in enumerate(idx):
             target = keys[i][2]
@@ -71,20 +80,37 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
     return out
 
 
-# The fixed probe set: one market state, three imbalances. Everything but the imbalance is neutral
-# (zero returns, a typical spread and volume), so a difference between the answers can only come
-# from the imbalance: the policy reads its input, or it does not.
+# The fixed probe set: PROBE_STATES market states at the recorded scale (spread, volume and
+# returns drawn once, from a fixed seed), each written with every probed imbalance. The answers
+# are averaged over the states, so a difference between imbalances can only come from the
+# imbalance, and no single odd state decides it: a lone "neutral" state with every return zero
+# is a prompt the market almost never writes (r60=0), and the policy's answer to it said little
+# about its answers to the prompts it trades on.
 PROBE_IMBALANCES = (-0.8, 0.0, 0.8)
+PROBE_STATES = 8
+PROBE_SEED = 20240808
 
 
-def probe_prompt(imbalance: float, symbol: str = "BTCUSDT") -> str:
-    return format_market_prompt(symbol, {"ret_1s": 0.0, "ret_10s": 0.0, "ret_60s": 0.0, "spread_bps": 0.05,
-                                         "imbalance": imbalance, "volume": 5e5})
+def probe_prompts(imbalance: float, n: int = PROBE_STATES, seed: int = PROBE_SEED) -> list[str]:
+    """The probe's market states, each with the given imbalance; the same prompts every time."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        features = {**market_scale_features(rng), "imbalance": imbalance}
+        out.append(format_market_prompt(PRIOR_SYMBOLS[i % len(PRIOR_SYMBOLS)], features))
+    return out
+
+
+def mean_side_probabilities(state: LearnerState, prompts: list[str],
+                            temperature: float | None = None) -> dict[str, float]:
+    answers = [side_probabilities(state, p, temperature=temperature) for p in prompts]
+    return {k: sum(a[k] for a in answers) / len(answers) for k in answers[0]}
 
 
 def imbalance_probe(state: LearnerState, temperature: float | None = None) -> dict[str, dict[str, float]]:
-    """{"im=-0.8": {"long": p, ...}, "im=+0.0": ..., "im=+0.8": ...}: exact side probabilities."""
-    return {f"im={im:+.1f}": side_probabilities(state, probe_prompt(im), temperature=temperature)
+    """{"im=-0.8": {"long": p, ...}, "im=+0.0": ..., "im=+0.8": ...}: exact side probabilities,
+    averaged over the probe's market states."""
+    return {f"im={im:+.1f}": mean_side_probabilities(state, probe_prompts(im), temperature=temperature)
             for im in PROBE_IMBALANCES}
 
 

@@ -9,12 +9,15 @@ the most confident proposals are revealed so that round(L * t_{i+1}) positions s
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from learners.model import BlockDiffusionLM
 from learners.objective import autocast_for
+
+if TYPE_CHECKING:
+    from learners.constraint import ActionTrie
 
 # logits_fn(x (G,T), t, block) -> logits (G,T,V); block is None for models without blocks
 LogitsFn = Callable[[torch.Tensor, float, "int | None"], torch.Tensor]
@@ -42,7 +45,8 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 def sample_ids(logits_fn: LogitsFn, prompt_ids: list[int], *, n: int, gen_len: int, steps: int,
                mask_id: int, n_blocks: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
                seed: int = 0, suppress_ids: tuple[int, ...] = (), device="cpu",
-               remasking: str = "low_confidence", reveal_window: int | None = None) -> torch.Tensor:
+               remasking: str = "low_confidence", reveal_window: int | None = None,
+               constraint: "ActionTrie | None" = None) -> torch.Tensor:
     """Generate ``n`` completions of ``gen_len`` ids; returns a (n, gen_len) LongTensor.
 
     ``remasking``: "low_confidence" reveals the most confident proposals (LLaDA); "random" reveals
@@ -52,7 +56,11 @@ def sample_ids(logits_fn: LogitsFn, prompt_ids: list[int], *, n: int, gen_len: i
     trade) are decided from their marginal instead of being forced by confident later tokens.
     ``n_blocks`` (when the model has blocks) requires ``steps`` to be a multiple of it, so that
     no step straddles two blocks. ``suppress_ids`` are never proposed (e.g. [PAD], [BOS]).
+    ``constraint`` (an ``ActionTrie``; sequential sampler only: one position per step, left to
+    right) limits each step to the bytes that continue an action of the grammar.
     """
+    if constraint is not None and not (reveal_window == 1 and steps == gen_len):
+        raise ValueError("a grammar constraint needs the sequential sampler (reveal_window=1, steps=gen_len)")
     if n_blocks and steps % n_blocks:
         raise ValueError(f"steps={steps} must be a multiple of n_blocks={n_blocks} so steps align with blocks")
     device = torch.device(device)
@@ -67,6 +75,8 @@ def sample_ids(logits_fn: LogitsFn, prompt_ids: list[int], *, n: int, gen_len: i
         logits = logits_fn(x, t_hi, block)[:, P:].float()  # (n, L, V)
         for sid in (mask_id, *suppress_ids):
             logits[..., sid] = float("-inf")
+        if constraint is not None:  # step i reveals position i: only it needs the grammar's mask
+            logits[:, i] = logits[:, i].masked_fill(~constraint.next_mask(x[:, P:P + i]), float("-inf"))
         if temperature <= 0:
             probs = logits.softmax(-1)
             prop = probs.argmax(-1)
@@ -101,7 +111,8 @@ def block_of_t_n(n_blocks: int | None, t: float) -> int | None:
 
 def sample_completions(model: BlockDiffusionLM, tokenizer, prompt: str, *, n: int, gen_len: int, steps: int,
                        temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                       remasking: str = "low_confidence", reveal_window: int | None = None) -> list[str]:
+                       remasking: str = "low_confidence", reveal_window: int | None = None,
+                       constraint: "ActionTrie | None" = None) -> list[str]:
     """G candidate completions (decoded text) for one prompt, in one batched call."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -110,7 +121,7 @@ def sample_completions(model: BlockDiffusionLM, tokenizer, prompt: str, *, n: in
                      steps=steps, mask_id=tokenizer.mask_token_id, n_blocks=model.cfg.n_blocks,
                      temperature=temperature, top_p=top_p, seed=seed,
                      suppress_ids=(tokenizer.pad_token_id, tokenizer.bos_token_id), device=device,
-                     remasking=remasking, reveal_window=reveal_window)
+                     remasking=remasking, reveal_window=reveal_window, constraint=constraint)
     model.train(was_training)
     return [tokenizer.decode(row.tolist()) for row in ids.cpu()]
 

@@ -95,9 +95,10 @@ def load_snapshot(directory: str | os.PathLike, device: str | None = None) -> Le
     """Rebuild the full learner state; ``device`` overrides the saved config's device."""
     d = Path(directory)
     info = read_snapshot_info(d)
-    # a snapshot written before the likelihood and the mirror existed learned with the ELBO and
-    # no mirror: replaying its log must learn the same way to reproduce its checksums
-    cfg_dict = {"likelihood": "elbo", "mirror": False, **info["config"]}
+    # a snapshot written before the likelihood, the mirror and the grammar constraint existed
+    # learned with the ELBO, no mirror, unconstrained: replaying its log must learn the same way
+    # to reproduce its checksums
+    cfg_dict = {"likelihood": "elbo", "mirror": False, "constrain": False, **info["config"]}
     if device is not None:
         cfg_dict = {**cfg_dict, "device": str(device)}
     state = build_state(LearnerConfig(**cfg_dict))

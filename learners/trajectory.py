@@ -56,19 +56,23 @@ def counted_steps(x0: torch.Tensor, prompt_len: int, eos_id: int) -> torch.Tenso
     return before_first
 
 
-def step_logprobs(logits: torch.Tensor, suppress_ids: tuple[int, ...]) -> torch.Tensor:
-    """log-probabilities of the sampler's distribution at temperature 1 (suppressed ids removed)."""
+def step_logprobs(logits: torch.Tensor, suppress_ids: tuple[int, ...],
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """log-probabilities of the sampler's distribution at temperature 1 (suppressed ids removed,
+    and, under a grammar constraint, renormalised over the ``allowed`` ids)."""
     logits = logits.float()
     if suppress_ids:
         logits = logits.clone()
         logits[..., list(suppress_ids)] = float("-inf")
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     return F.log_softmax(logits, dim=-1)
 
 
 def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch.Tensor, prompt_len: int,
                            suppress_ids: tuple[int, ...], eos_id: int,
                            ref_model: BlockDiffusionLM | None = None, want_entropy: bool = False,
-                           forced_p: float | None = None) -> dict:
+                           forced_p: float | None = None, allowed: torch.Tensor | None = None) -> dict:
     """{block: terms} with the same keys as ``learners.grpo.all_block_terms``.
 
     ``share`` (N,) is the block's exact part of log pi(o|q); ``ref_share`` the reference's part;
@@ -81,8 +85,11 @@ def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch
     group would push them up or down with its advantages; under Adam, which scales each weight's
     step to its own gradient, those tiny pushes add up to a random walk that erodes the grammar
     ("short1  h5", "fla"). Left out of the reward term they are held by the KL alone, which
-    still covers every step. What remains is exact for a sampler constrained to the grammar,
-    where a forced byte has probability 1.
+    still covers every step.
+
+    ``allowed`` (N, L, V) bool: what a grammar-constrained sampler allowed at each step
+    (``learners.constraint``). Every distribution is renormalised over it, the reference's too,
+    so a forced byte has probability 1 and adds nothing to the reward term or the KL.
     """
     N, T = x0.shape
     L = T - prompt_len
@@ -111,7 +118,10 @@ def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch
             if ref_model is not None:
                 with torch.no_grad():
                     ref_logits = ref_model.blocks[b](uniq, t_uniq)[inverse, pos]
-        logp = step_logprobs(logits, suppress_ids)
+        step_allowed = None
+        if allowed is not None:  # (S_b * N, V), step-major like xs
+            step_allowed = allowed[:, steps].transpose(0, 1).reshape(len(steps) * N, -1)
+        logp = step_logprobs(logits, suppress_ids, step_allowed)
         target = x0[:, prompt_len:][:, steps].T.reshape(-1)  # (S_b * N,), step-major like xs
         keep = counted[:, steps].T.reshape(-1).float()
         tok = logp.gather(-1, target[:, None]).squeeze(-1) * keep
@@ -123,7 +133,7 @@ def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch
             ent = (-(logp.exp() * finite).sum(-1) * keep).sum() / n_kept
         ref_share = torch.zeros(N, device=x0.device)
         if ref_logits is not None:
-            ref_logp = step_logprobs(ref_logits, suppress_ids)
+            ref_logp = step_logprobs(ref_logits, suppress_ids, step_allowed)
             if forced_p is not None:
                 choice = (ref_logp.max(-1).values < math.log(forced_p)).float()
                 share = (tok * choice).view(len(steps), N).sum(0)
@@ -138,8 +148,9 @@ def trajectory_block_terms(model: BlockDiffusionLM, blocks: list[int], x0: torch
 
 
 def sequence_logprob(model: BlockDiffusionLM, x0: torch.Tensor, prompt_len: int, suppress_ids: tuple[int, ...],
-                     eos_id: int) -> torch.Tensor:
+                     eos_id: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """log pi(o|q) per row, all blocks summed (no gradient): what the sampler's draw had."""
     with torch.no_grad():
-        terms = trajectory_block_terms(model, list(range(model.cfg.n_blocks)), x0, prompt_len, suppress_ids, eos_id)
+        terms = trajectory_block_terms(model, list(range(model.cfg.n_blocks)), x0, prompt_len, suppress_ids, eos_id,
+                                       allowed=allowed)
     return sum(t["share"] for t in terms.values())

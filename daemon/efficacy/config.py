@@ -18,7 +18,8 @@ from daemon.efficacy.prior import DEFAULT_ACTIONS
 # both recorded Binance sets: 2024-08 (ns stamps) and 2023-04 (µs stamps, ``*.dat.gz``); file
 # names are unique across them, which the holdout and include globs rely on
 DEFAULT_CAPTURES = (Path("../shared/data/exchange_binance"), Path("../shared/data/exchange_binance_2023-04"))
-PRIOR_VERSION = 2  # bump when the bootstrap text changes (2: the prompt puts the imbalance last)
+# bump when the bootstrap text changes (2: the prompt puts the imbalance last; 3: zero has no sign)
+PRIOR_VERSION = 3
 
 # The resident model the benchmark learns with: ``LearnerConfig()``'s defaults, which are the cpu
 # preset ``eigenloop run`` uses (``learners.presets``), so what this benchmark measures is what the
@@ -60,8 +61,9 @@ class EfficacyConfig:
             fee; the report gives each seed, the mean and spread across seeds, and all pooled.
         seed (`int`): actor sampling, learner init, bootstrap and the random baseline of one
             run; ``run_efficacy`` sets it from ``seeds`` (``for_seed``), so set ``seeds`` instead.
-        probe_every (`int`): every this many decisions, sample fixed prompts that differ only in
-            imbalance and record the side shares (a diagnostic; 0 turns it off).
+        probe_every (`int`): every this many decisions, record the exact side probabilities on
+            fixed market states written with each probed imbalance (``learners.probe``; a
+            diagnostic; 0 turns it off).
     """
 
     captures: list[Path] = field(default_factory=lambda: list(DEFAULT_CAPTURES))

@@ -103,8 +103,8 @@ def probe_lines(fee: dict[str, Any]) -> list[str]:
                          fmt_num(s["probe_gap"], 2)])
     if not body:
         return ["Probe: off (probe_every = 0)."]
-    return ["Probe, the last of each seed: P(long) / P(short) / P(flat) on prompts that differ only in "
-            "imbalance:", "", *table_lines(["seed", "at", *PROBE_KEYS, "gap"], body)]
+    return ["Probe, the last of each seed: P(long) / P(short) / P(flat), exact, averaged over 8 fixed market "
+            "states written with each imbalance:", "", *table_lines(["seed", "at", *PROBE_KEYS, "gap"], body)]
 
 
 def reference_lines(ref: dict[str, Any]) -> list[str]:

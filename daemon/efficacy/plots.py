@@ -85,7 +85,7 @@ def curve_panel(ax, fee: float, runs: list[dict[str, Any]]) -> None:
 
 
 def probe_panel(ax, fee: float, runs: list[dict[str, Any]]) -> None:
-    """P(long) - P(short) on prompts that differ only in imbalance, per seed: does it matter?"""
+    """P(long) - P(short) on the probe's market states at each imbalance, per seed: does it matter?"""
     if not any(run.get("probes") for run in runs):
         ax.set_axis_off()
         return

@@ -25,7 +25,7 @@ def signal_snapshot(tmp_path_factory):
 
     torch.set_num_threads(1)
     cfg = LearnerConfig(model=ModelConfig(n_blocks=2, n_layer=1, n_embd=32, n_head=2), gen_len=12,
-                        sample_steps=12, lr=5e-4, kl_bootstrap_coef=0.3, device="cpu")
+                        sample_steps=12, lr=5e-4, device="cpu")
     state, info = bootstrapped_state(cfg, steps=600, progress=False, pairs_fn=signal_pairs, parse_prompts=None)
     path = tmp_path_factory.mktemp("signal") / "snap"
     save_snapshot(state, path, info)

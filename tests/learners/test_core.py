@@ -159,14 +159,16 @@ def test_vmapped_grpo_step_matches_the_loop():
 def test_a_snapshot_from_before_the_trajectory_likelihood_replays_as_it_learned(tmp_path):
     import json
 
-    state = build_state(tiny_config(likelihood="elbo", mirror=False, reveal_window=2, sample_steps=6))
+    # the sequential sampler: the grammar constraint would apply if the snapshot did not say
+    state = build_state(tiny_config(likelihood="elbo", mirror=False, constrain=False))
     save_snapshot(state, tmp_path / "old", {})
     info = json.loads((tmp_path / "old" / "state.json").read_text())
-    for key in ("likelihood", "mirror"):  # what a snapshot written before them holds
+    for key in ("likelihood", "mirror", "constrain"):  # what a snapshot written before them holds
         del info["config"][key]
     (tmp_path / "old" / "state.json").write_text(json.dumps(info))
     restored = load_snapshot(tmp_path / "old")
     assert restored.config.likelihood == "elbo" and restored.config.mirror is False
+    assert restored.config.constrained is False
     _, a = step(restored, group(0))
     _, b = step(state, group(0))
     assert [u.checksum for u in a] == [u.checksum for u in b]

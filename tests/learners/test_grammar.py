@@ -20,6 +20,12 @@ def test_market_prompt_is_compact_and_ordered():
     assert format_social_prompt(["gm | all", "to the\nmoon"], 60) == "S h60 0:gm all|1:to the moon>"
 
 
+def test_zero_has_no_sign():
+    # "+0" would share its sign byte with every rise: a flat market must not read as "up"
+    p = format_market_prompt("BTCUSDT", {"ret_1s": 0.4, "ret_10s": -0.4, "ret_60s": 2.0, "imbalance": -0.004})
+    assert p == "M BTCUSDT r60=+2 r10=0 r1=0 im=0.00>"
+
+
 def test_generated_actions_round_trip():
     rng = random.Random(0)
     for _ in range(200):
@@ -71,3 +77,4 @@ def test_cuda_step_keeps_model_and_optimizer_on_device():
                                        advantages=[1.5, -0.5, -0.5, -0.5], group_size=4))
     assert len(ups) == 2 and all(p.is_cuda for p in state.model.parameters())
     assert all(v.is_cuda for o in state.optimizers for s in o.state.values() for k, v in s.items() if k != "step")
+

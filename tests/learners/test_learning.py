@@ -55,7 +55,11 @@ def test_ensure_initial_snapshot_writes_once(tmp_path):
 
     cfg = LearnerConfig(model=ModelConfig(n_blocks=2, n_layer=1, n_embd=16, n_head=2), gen_len=24, sample_steps=24,
                         device="cpu")
-    path = ensure_initial_snapshot(tmp_path / "init", cfg, steps=3, progress=False)
+    reports = []
+    path = ensure_initial_snapshot(tmp_path / "init", cfg, steps=3, progress=False, report=reports.append)
+    # plain-log progress (no terminal bar in a log file): step, loss and ETA, then the parse rate
+    assert reports[0]["steps"] == 3 and {"step", "loss", "eta_s"} <= set(reports[0])
+    assert reports[-1]["done"] is True and 0.0 <= reports[-1]["parse_rate"] <= 1.0
     info = read_snapshot_info(path)
     assert info["metadata"]["source"] == "bootstrap" and 0.0 <= info["metadata"]["parse_rate"] <= 1.0
     stamp = (path / "state.json").stat().st_mtime_ns

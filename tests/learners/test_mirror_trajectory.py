@@ -25,7 +25,8 @@ def test_mirror_prompt_flips_signed_features_only_and_is_its_own_inverse():
     p = format_market_prompt("BTCUSDT", {"ret_1s": 3.2, "ret_10s": -12.4, "ret_60s": 0.2, "spread_bps": 1.23,
                                          "imbalance": 0.351, "volume": 1234.0, "social_posts": 4})
     m = mirror_market_prompt(p)
-    assert m == "M BTCUSDT sp=1.23 v=1.23k sn=4 r60=+0 r10=+12 r1=-3 im=-0.35>"  # zero keeps its sign
+    assert m == "M BTCUSDT sp=1.23 v=1.23k sn=4 r60=0 r10=+12 r1=-3 im=-0.35>"  # zero has no sign to flip
+    assert mirror_market_prompt("M X r1=+0 im=-0.00>") == "M X r1=+0 im=-0.00>"  # nor in older prompts
     assert len(m) == len(p) and mirror_market_prompt(m) == p
     assert mirror_market_completion("long 1 h5") == "short 1 h5"
     assert mirror_market_completion("short 0.5 h30 s20") == "long 0.5 h30 s20"
@@ -42,14 +43,15 @@ def _group(prompt="M BTCUSDT r1=+3 im=+0.50>", task="market", comps=("long 1 h5"
 
 def test_learning_rows_append_the_mirror_for_market_groups_only():
     state = build_state(seq_config())
-    x0, _, P, halves = learning_rows(state, _group())
-    assert halves == 2 and x0.size(0) == 6
+    rows = learning_rows(state, _group())
+    x0, P = rows.x0, rows.prompt_len
+    assert rows.halves == 2 and x0.size(0) == 6
     tok = state.tokenizer
     assert tok.decode(x0[3, 1:P].tolist()) == "M BTCUSDT r1=-3 im=-0.50>"
     assert [tok.decode(r[P:].tolist()) for r in x0[3:]] == ["short 1 h5", "long 1 h5", "flat 0 h5"]
     social = _group(prompt="S h60 0:gm|1:moon>", task="social", comps=("pick 0 h60", "pick 1 h60"), adv=(1, -1))
-    assert learning_rows(state, social)[3] == 1
-    assert learning_rows(build_state(seq_config(mirror=False)), _group())[3] == 1
+    assert learning_rows(state, social).halves == 1
+    assert learning_rows(build_state(seq_config(mirror=False)), _group()).halves == 1
 
 
 def test_updates_say_whether_the_mirror_was_learned():
