@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -183,7 +184,11 @@ def learner_bootstrap(path: Optional[Path] = typer.Option(None, help="where to w
         typer.echo(f"a snapshot exists already ({existing}); nothing to bootstrap")
         return
     target = path or s.learner.initial_snapshot or snapshots.snapshot_root(s.data_dir) / "0000000000-bootstrap"
-    out = ensure_initial_snapshot(target, learner_config(s), steps=steps or s.learner.bootstrap_steps, progress=True)
+    # the bar draws on a terminal; piped into a log, plain lines say the same every few seconds
+    plain = None if sys.stderr.isatty() else (lambda fields: typer.echo(
+        "bootstrap " + " ".join(f"{k}={v}" for k, v in fields.items()), err=True))
+    out = ensure_initial_snapshot(target, learner_config(s), steps=steps or s.learner.bootstrap_steps,
+                                  progress=plain is None, report=plain)
     typer.echo(f"initial snapshot: {out}")
 
 

@@ -43,8 +43,10 @@ class EfficacyConfig:
 
     > The loop (passed through the live functions unchanged)
         fees_bps (`list[float]`): one independent run (fresh learner) per fee, taker, per side.
-        epochs (`int`): passes of the learner over the training captures before the held-out ones;
-            it keeps learning throughout, held-out phase included (continuous learning).
+        epochs (`int`, default 2): passes of the learner over the training captures before the
+            held-out ones; it keeps learning throughout, held-out phase included (continuous
+            learning). At the default lr one pass (~1,500 decisions) was not always enough for the
+            imbalance to win over the noise; two were (seeds 0 and 1 measured, then all three).
         group_size (`int`): G candidates per decision. cadence_s / horizon_s: the actor's.
         temperature (`float`): sampling temperature.
         choose (`"sample" | "argmax"`): which candidate the actor executes. "argmax" (the most
@@ -72,7 +74,7 @@ class EfficacyConfig:
     max_decisions: int | None = None
     reference_capture: str = "usdm_btcusdt_20240808.gz"
     fees_bps: list[float] = field(default_factory=lambda: [0.0, 4.5])
-    epochs: int = 1
+    epochs: int = 2
     group_size: int = 8
     cadence_s: float = 2.0
     horizon_s: float = 5.0

@@ -24,8 +24,8 @@ from daemon.cli_run import status_line
 REPO = Path(__file__).resolve().parents[2]
 EIGENLOOP = Path(sys.executable).parent / "eigenloop"
 # the e2e tests' tiny model; the bootstrap's step count decides how long the start takes
-TINY_LEARNER = {"model": {"n_blocks": 3, "n_layer": 1, "n_embd": 48, "n_head": 2}, "gen_len": 16,
-                "sample_steps": 6, "lr": 3e-4, "seed": 0}
+TINY_LEARNER = {"model": {"n_blocks": 3, "n_layer": 1, "n_embd": 48, "n_head": 2}, "gen_len": 12,
+                "sample_steps": 12, "lr": 3e-4, "seed": 0}
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -111,3 +111,16 @@ def test_sigterm_while_the_model_bootstraps_stops_the_broker_the_run_started(tmp
     assert not _alive(bootstrap_pid), "the bootstrap child outlived the run:\n" + out
     assert "[run] stop requested while starting" in out and "[run] local kafka broker stopped" in out
     assert not list((data / "snapshots").glob("*/state.json"))  # no half-trained model left as the initial one
+
+
+def test_the_bootstrap_reports_progress_in_plain_lines_when_not_on_a_terminal(tmp_path: Path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "learner": {"config": TINY_LEARNER}}))
+    out = subprocess.run([str(EIGENLOOP), "learner", "bootstrap", "--steps", "3", "--path", str(tmp_path / "init")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=_clean_env(EIGENLOOP_CONFIG=str(config)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    # a log file gets what the terminal bar would show: step, loss, ETA, then the parse rate
+    assert "bootstrap step=3 steps=3 loss=" in out.stderr and "eta_s=" in out.stderr, out.stderr
+    assert "parse_rate=" in out.stderr and "done=True" in out.stderr, out.stderr
+    assert f"initial snapshot: {tmp_path / 'init'}" in out.stdout

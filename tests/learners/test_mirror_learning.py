@@ -80,8 +80,9 @@ def test_the_imbalance_sign_is_learned_with_the_mirror(prior_snapshot):
     print("gap", imbalance_gap(before), "->", imbalance_gap(after), after)
     assert abs(imbalance_gap(before)) < 0.05
     # not all the way to 2: once every candidate is right the group has no spread, and the KL
-    # to the prior (which applies to such groups too) keeps the policy from freezing there
-    assert imbalance_gap(after) > 1.0
+    # to the prior (which applies to such groups too) keeps the policy from freezing there; at
+    # the default lr (5e-5) 300 groups take it to about 1 (0.99 measured); the issue asks 0.3
+    assert imbalance_gap(after) > 0.8
 
 
 @pytest.mark.slow
