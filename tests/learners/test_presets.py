@@ -9,10 +9,11 @@ from learners.presets import PRESETS, preset_kwargs, resolve_preset
 
 
 def test_gpu_preset_merges_model_sizes_and_keeps_the_dynamics():
-    gpu = LearnerConfig(**preset_kwargs("gpu", {"model": {"n_layer": 6}, "lr": 5e-5}))
+    gpu = LearnerConfig(**preset_kwargs("gpu", {"model": {"n_layer": 6}, "lr": 3e-5}))
     cpu = LearnerConfig()
-    assert gpu.model.n_embd == PRESETS["gpu"]["model"]["n_embd"] and gpu.model.n_layer == 6 and gpu.lr == 5e-5
-    for same in ("likelihood", "mirror", "gen_len", "sample_steps", "reveal_window", "betas", "kl_bootstrap_coef"):
+    assert gpu.model.n_embd == PRESETS["gpu"]["model"]["n_embd"] and gpu.model.n_layer == 6 and gpu.lr == 3e-5
+    for same in ("likelihood", "mirror", "constrain", "gen_len", "sample_steps", "reveal_window", "betas",
+                 "kl_bootstrap_coef"):
         assert getattr(gpu, same) == getattr(cpu, same), same
 
 
