@@ -86,11 +86,14 @@ def target_lines(fee: dict[str, Any]) -> list[str]:
     mean = fee["targets_mean"]["targets"]
     if not mean:
         return []
-    body = [[t["name"], *(target_cell(ts[i]) for ts in per_seed.values()), target_cell(t)]
+    pooled = fee.get("targets_pooled", {}).get("targets") or [None] * len(mean)
+    body = [[t["name"], *(target_cell(ts[i]) for ts in per_seed.values()), target_cell(t),
+             target_cell(pooled[i]) if pooled[i] else "n/a"]
             for i, t in enumerate(mean)]
     return ["Targets (held out, pooled over captures; value vs threshold, met when value ≥ threshold; the "
-            "across-seed column averages each seed's value and threshold):", "",
-            *table_lines(["target", *(f"seed {k}" for k in per_seed), "across-seed mean"], body)]
+            "across-seed column averages each seed's value and threshold; the pooled column averages each "
+            "decision over the seeds, SE over decisions, as the pooled paired table):", "",
+            *table_lines(["target", *(f"seed {k}" for k in per_seed), "across-seed mean", "pooled"], body)]
 
 
 def probe_lines(fee: dict[str, Any]) -> list[str]:

@@ -27,7 +27,7 @@ from daemon.efficacy.baselines import mean_se
 from daemon.efficacy.config import EfficacyConfig
 from daemon.efficacy.stats import (PAIR_NAMES, by_capture, last_probe, paired_report, pool_seeds, probe_gap,
                                    spread)
-from daemon.efficacy.targets import evaluate, facts, mean_facts
+from daemon.efficacy.targets import evaluate, facts, mean_facts, pooled_facts
 
 ROWS = ("learned", "learned_unit", "learned_modal", "group_mean",
         "random", "random_expected", "flat", "heuristic", "hindsight")
@@ -160,12 +160,14 @@ def summarise(cfg: EfficacyConfig, runs: list[dict[str, Any]]) -> dict[str, Any]
         fee_runs = sorted((r for r in runs if r["fee_bps"] == fee), key=lambda r: cfg.seeds.index(r["seed"]))
         seeds = [seed_summary(r, cfg.reference_capture) for r in fee_runs]
         mean = mean_facts([s["facts"] for s in seeds])
+        pooled = pooled_facts([split_records(r["records"])["heldout"] for r in fee_runs], [s["facts"] for s in seeds])
         fees[f"{fee:g}"] = {
             "fee_bps": fee, "seeds": [s["seed"] for s in seeds],
             **pooled_summary(fee_runs),
             "per_seed": {str(s["seed"]): s for s in seeds},
             "across_seeds": across_seeds(seeds),
             "targets_mean": {"facts": mean, "targets": evaluate(fee, mean)},
+            "targets_pooled": {"facts": pooled, "targets": evaluate(fee, pooled)},
             # the baselines but random do not depend on the seed: the first seed's check stands
             "reference_check": seeds[0]["reference_check"],
         }

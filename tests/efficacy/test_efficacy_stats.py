@@ -181,6 +181,10 @@ def test_summary_pools_seeds_and_renders_the_paired_table():
                  for s in ("0", "1")]
     assert probe_met == [True, False]
     assert [t["met"] for t in fee["targets_mean"]["targets"] if t["name"].startswith("probe")] == [True]
+    # pooled, the reading: decisions averaged over seeds, SE over the 3 decisions
+    pooled_lr = [t for t in fee["targets_pooled"]["targets"] if t["name"].startswith("learned - random")][0]
+    assert pooled_lr["value"] == pytest.approx(5 / 6) and pooled_lr["threshold"] == pytest.approx(2 * pooled["se"])
+    assert fee["targets_pooled"]["facts"]["probe_gap"] == pytest.approx(0.4)
 
     md = render_markdown(summary)
     assert "| split | capture | learned − random | learned − heuristic | learned − random_expected | n |" in md
@@ -190,7 +194,7 @@ def test_summary_pools_seeds_and_renders_the_paired_table():
     assert "| mean across seeds | +1.167 | +0.833 |" in md
     assert "| sd across seeds | 0.707 | 0.707 |" in md
     assert "| probe gap >= 0.3 (last probe) | +0.600 vs +0.300: met | +0.200 vs +0.300: missed | " \
-           "+0.400 vs +0.300: met |" in md
+           "+0.400 vs +0.300: met | +0.400 vs +0.300: met |" in md
     assert "| 0 | v9 (heldout) | 0.00 / 0.00 / 1.00 | 0.30 / 0.30 / 0.40 | 0.60 / 0.00 / 0.40 | +0.60 |" in md
     assert "Wall time" in md
 
