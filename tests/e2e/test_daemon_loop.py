@@ -82,6 +82,9 @@ def test_replay_through_the_whole_loop(kafka_settings, tmp_path, shared_data, ti
     assert model_checksum(state) == markers[-1].checksum
     actions = [a for a in read_all(s, "agent.actions") if isinstance(a, Action)]
     assert {a.group_id for a in actions} >= {g.group_id for g in groups}
+    # the daemon samples from the action grammar: every candidate parses, from the first decision
+    bad = [(a.completion, a.invalid_reason) for a in actions if a.parsed is None]
+    assert not bad, f"{len(bad)} of {len(actions)} actions did not parse: {bad[:5]}"
     letters = [d for d in read_all(s, "deadletter") if isinstance(d, DeadLetter)]
     assert letters == [], f"valid data produced dead letters: {[d.reason for d in letters[:5]]}"
 
