@@ -96,7 +96,7 @@ def probe_panel(ax, fee: float, runs: list[dict[str, Any]]) -> None:
             ax.plot(x, [side_gap(p[key]) for p in probes], color=colour, marker=".", lw=1,
                     ls=SEED_STYLES[i % len(SEED_STYLES)], label=f"{key}, seed {run['seed']}")
     ax.set_ylim(-1.05, 1.05)
-    ax.set_title(f"fee {fee:g}: P(long) - P(short) on probe prompts differing only in imbalance", fontsize=9)
+    ax.set_title(f"fee {fee:g}: P(long) - P(short) by imbalance, mean of 8 probe states", fontsize=9)
     ax.set_xlabel("policy_version")
     ax.legend(fontsize=6, loc="lower left", ncol=len(runs))
     ax.grid(alpha=0.3)
