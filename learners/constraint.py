@@ -37,7 +37,9 @@ class ActionTrie:
         self.gen_len = gen_len
         self.vocab_size = tokenizer.vocab_size
         self.actions: list[str] = []
-        self._next: dict[tuple[int, ...], set[int]] = {}
+        # prefix -> (V,) bool: the ids that may follow it; built once, shared by the sampler, the
+        # likelihood and the probe
+        self._masks: dict[tuple[int, ...], torch.Tensor] = {}
         for text in texts:
             ids = tokenizer.encode(text)
             if not ids or len(ids) > gen_len:
@@ -45,40 +47,35 @@ class ActionTrie:
             self.actions.append(text)
             row = ids + [tokenizer.eos_token_id] * (gen_len - len(ids))
             for s in range(gen_len):
-                self._next.setdefault(tuple(row[:s]), set()).add(row[s])
+                prefix = tuple(row[:s])
+                if prefix not in self._masks:
+                    self._masks[prefix] = torch.zeros(self.vocab_size, dtype=torch.bool)
+                self._masks[prefix][row[s]] = True
         if not self.actions:
             raise ValueError(f"no action fits gen_len={gen_len}")
-        self._sorted = {k: sorted(v) for k, v in self._next.items()}
 
-    def allowed(self, prefix: tuple[int, ...]) -> list[int] | None:
-        """The ids that may follow ``prefix``; None when the prefix left the grammar."""
-        return self._sorted.get(tuple(prefix))
+    def mask(self, prefix) -> torch.Tensor | None:
+        """(V,) bool: the ids that may follow ``prefix``; None when the prefix left the grammar."""
+        return self._masks.get(tuple(prefix))
 
     def next_mask(self, prefixes: torch.Tensor) -> torch.Tensor:
         """(n, V) bool for the next position of each row of ``prefixes`` (n, s); all True where
         a row's prefix is not in the trie."""
-        n = prefixes.size(0)
-        mask = torch.zeros((n, self.vocab_size), dtype=torch.bool)
-        for i, row in enumerate(prefixes.tolist()):
-            ids = self.allowed(tuple(row))
-            if ids is None:
-                mask[i] = True
-            else:
-                mask[i, ids] = True
-        return mask.to(prefixes.device)
+        free = torch.ones(self.vocab_size, dtype=torch.bool)
+        rows = [self.mask(row) for row in prefixes.tolist()]
+        return torch.stack([free if m is None else m for m in rows]).to(prefixes.device)
 
     def step_masks(self, completions: torch.Tensor) -> torch.Tensor:
         """(N, L, V) bool: what the constrained sampler allowed at each step of each completion."""
         N, L = completions.shape
-        mask = torch.ones((N, L, self.vocab_size), dtype=torch.bool)
+        out = torch.ones((N, L, self.vocab_size), dtype=torch.bool)
         for i, row in enumerate(completions.tolist()):
             for s in range(L):
-                ids = self.allowed(tuple(row[:s]))
-                if ids is None or row[s] not in self._next[tuple(row[:s])]:
+                m = self.mask(row[:s])
+                if m is None or not m[row[s]]:
                     break  # the row leaves the grammar here: unconstrained from this step on
-                mask[i, s] = False
-                mask[i, s, ids] = True
-        return mask.to(completions.device)
+                out[i, s] = m
+        return out.to(completions.device)
 
 
 def market_actions() -> list[str]:

@@ -48,7 +48,7 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
         for s in range(len(ids)):
             rows.append(p_ids + ids[:s] + [tok.mask_token_id] * (L - s))
             keys.append((side, s, ids[s]))
-            allowed.append(None if trie is None else trie.allowed(tuple(ids[:s])))
+            allowed.append(None if trie is None else trie.mask(ids[:s]))
     x = torch.tensor(rows, dtype=torch.long, device=device)
     step_p = [0.0] * len(rows)  # the probability of each (word, step) byte
     was_training = model.training
@@ -63,9 +63,7 @@ def side_probabilities(state: LearnerState, prompt: str, temperature: float | No
             logits[:, sid] = float("-inf")  # the sampler never proposes these
         for j, i in enumerate(idx):
             if allowed[i] is not None:  # the grammar constraint: renormalised over what may follow
-                keep = torch.zeros(logits.size(-1), dtype=torch.bool, device=device)
-                keep[allowed[i]] = True
-                logits[j] = logits[j].masked_fill(~keep, float("-inf"))
+                logits[j] = logits[j].masked_fill(~allowed[i].to(device), float("-inf"))
         probs = top_p_filter((logits / temperature).softmax(-1), top_p) if temperature > 0 else None
         for j, i in enumerate(idx):
             target = keys[i][2]
