@@ -30,10 +30,10 @@ def export_side_probe(policy: ResidentPolicy) -> dict[str, Any] | None:
     if not policy.state.config.sequential:
         return None
     probe = probe_policy(policy)
-    for key, probs in probe.items():
-        if key.startswith("im="):
-            for side, p in probs.items():
-                metrics.SIDE_PROBABILITY.labels(key.removeprefix("im="), side).set(p)
+    answers = {k: v for k, v in probe.items() if k.startswith("im=")}
+    for key, probs in answers.items():
+        for side, p in probs.items():
+            metrics.SIDE_PROBABILITY.labels(key.removeprefix("im="), side).set(p)
     metrics.IMBALANCE_GAP.set(probe["gap"])
-    return {k: round(v, 4) if k == "gap" else {s: round(p, 4) for s, p in v.items()} if k.startswith("im=") else v
-            for k, v in probe.items()}
+    return {"policy_version": probe["policy_version"], "gap": round(probe["gap"], 4),
+            **{k: {s: round(p, 4) for s, p in v.items()} for k, v in answers.items()}}

@@ -71,15 +71,7 @@ def pooled_facts(heldout_by_seed: Sequence[Sequence[dict[str, Any]]], per_seed: 
     (the pooled paired table's convention): the SE is over decisions, the market's unit of
     evidence, with the policy's sampling noise averaged out. The probe gap is the seeds' mean."""
     pooled = pool_seeds(heldout_by_seed, ("learned", "random", "heuristic"))
-    if not pooled:
-        return {k: None for k in ("learned", "heuristic", LEARNED_RANDOM, LEARNED_RANDOM + "_se", "probe_gap")}
-    lr = paired(pooled, "learned", "random")
-    return {
-        "learned": _number(mean_se([r["learned"] for r in pooled])["mean"]),
-        "heuristic": _number(mean_se([r["heuristic"] for r in pooled])["mean"]),
-        LEARNED_RANDOM: _number(lr["mean"]), LEARNED_RANDOM + "_se": _number(lr["se"]),
-        "probe_gap": spread(f.get("probe_gap") for f in per_seed)["mean"],
-    }
+    return {**facts(pooled, None), "probe_gap": spread(f.get("probe_gap") for f in per_seed)["mean"]}
 
 
 def mean_facts(per_seed: Sequence[Facts]) -> Facts:
