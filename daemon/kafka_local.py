@@ -194,7 +194,7 @@ def start(data_dir: Path, *, libs: Path = DEFAULT_LIBS, port: int | None = None,
     java = ["java", f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={logs}", "-cp", classpath]
     if not (log_dirs / "meta.properties").exists():
-        cluster_id = _random_cluster_id()
+        cluster_id = random_cluster_id()
         fmt = subprocess.run(java + ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
                              capture_output=True, text=True)
         if fmt.returncode != 0:
@@ -242,10 +242,17 @@ def _metadata_ready(bootstrap: str) -> bool:
     return asyncio.run(probe())
 
 
-def _random_cluster_id() -> str:
+def random_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64, as Kafka writes them. One in 64 of
+    those starts with "-", which kafka-storage's argument parser takes for an option (measured:
+    "argument --cluster-id/-t: expected one argument"); like Kafka's own Uuid.randomUuid, draw
+    again."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _tail(path: Path, n: int = 20) -> str:
