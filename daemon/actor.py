@@ -10,6 +10,7 @@ newer ones replace it and the replaced one is counted as skipped (bounded memory
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import uuid
 from collections import Counter
@@ -20,7 +21,7 @@ from daemon import metrics
 from daemon.context import ContextWindow
 from daemon.policy import ResidentPolicy
 from learners.grammar import Invalid, format_market_prompt, parse_action
-from schemas import Action, MarketActionSpec, Prompt
+from schemas import Action, MarketActionSpec, Prompt, deterministic_event_id
 from schemas.settings import ActorSettings, GroupConfig
 
 Emit = Callable[[str, object], Awaitable[None]]
@@ -64,7 +65,9 @@ class Actor:
     """
 
     def __init__(self, policy: ResidentPolicy, context: ContextWindow, emit: Emit, execute: Execute | None,
-                 actor: ActorSettings, groups: GroupConfig, *, seed: int = 0):
+                 actor: ActorSettings, groups: GroupConfig, *, seed: int = 0, run_key: str | None = None,
+                 before_decide: Callable[[], Awaitable[None]] | None = None,
+                 on_decided: Callable[[list[Action]], None] | None = None):
         self.policy = policy
         self.context = context
         self.emit = emit
@@ -80,6 +83,17 @@ class Actor:
         self._stopping = False
         self.decisions = 0
         self.skipped = 0
+        # a paced replay: ids and seeds derived from (run_key, decision), so the same input gives
+        # the same actions; the weights are settled (``before_decide``) before each sample
+        self.run_key = run_key
+        self.before_decide = before_decide
+        self.on_decided = on_decided
+        self._deciding = False
+        self.on_idle: Callable[[], None] | None = None
+
+    def idle(self) -> bool:
+        """No decision waiting or being taken."""
+        return not self._pending and not self._deciding
 
     def on_market_event(self, symbol: str, exchange: str, ts_event: int) -> None:
         """Called for every market record after the context saw it: schedules due decisions."""
@@ -127,16 +141,36 @@ class Actor:
             self._wake.clear()
             while self._pending and not self._stopping:
                 symbol = next(iter(self._pending))
-                await self.decide(self._pending.pop(symbol))
+                self._deciding = True
+                try:
+                    await self.decide(self._pending.pop(symbol))
+                finally:
+                    self._deciding = False
+                    if self.on_idle is not None and not self._pending:
+                        self.on_idle()
+
+    def _draws(self, d: Decision) -> tuple[int, str, random.Random]:
+        """Sampling seed, group id and the executor's chooser for one decision."""
+        if self.run_key is None:
+            # group id from OS entropy: a restarted actor must never reuse one
+            return self._seed_rng.getrandbits(31), str(uuid.uuid4()), self._rng
+        key = f"{self.run_key}|{d.exchange}|{d.symbol}|{d.t0_ns}".encode()
+        digest = hashlib.blake2b(key, digest_size=24).digest()
+        group_id = str(uuid.UUID(bytes=digest[:16], version=4))
+        return int.from_bytes(digest[16:20], "big") >> 1, group_id, random.Random(digest[20:])
 
     async def decide(self, d: Decision) -> list[Action]:
         prompt_text = format_market_prompt(d.symbol.replace("/", "").split(":")[0], d.features)
-        seed = self._seed_rng.getrandbits(31)
+        seed, group_id, chooser = self._draws(d)
+        if self.before_decide is not None:
+            await self.before_decide()
         completions, version = await self.policy.sample(prompt_text, self.group_size, seed,
                                                         temperature=None, top_p=None)
-        group_id = str(uuid.uuid4())  # from OS entropy: a restarted actor must never reuse an id
+        ids = self.run_key is not None
+        ms = d.t0_ns // 1_000_000
         prompt = Prompt(prompt_id=group_id, symbol=d.symbol, text=prompt_text, features=d.features,
-                        policy_version=version, ts_event=d.t0_ns, key=group_id, source="actor")
+                        policy_version=version, ts_event=d.t0_ns, key=group_id, source="actor",
+                        **({"event_id": deterministic_event_id(ms, "prompt", group_id)} if ids else {}))
         await self.emit("agent.prompts", prompt)
         actions = []
         for i, text in enumerate(completions):
@@ -144,17 +178,21 @@ class Actor:
             common = dict(group_id=group_id, candidate_index=i, group_size=len(completions), policy_version=version,
                           seed=seed, prompt_id=group_id, symbol=d.symbol, exchange=d.exchange, prompt=prompt_text,
                           completion=text, ts_event=d.t0_ns, key=group_id, source="actor")
+            if ids:
+                common["event_id"] = deterministic_event_id(ms, "action", group_id, i)
             if isinstance(parsed, Invalid):
                 actions.append(Action(**common, invalid_reason=parsed.reason))
             elif not isinstance(parsed, MarketActionSpec):
                 actions.append(Action(**common, invalid_reason=f"expected a market action, got {parsed.kind}"))
             else:
                 actions.append(Action(**common, parsed=clamp_horizon(parsed, self.cfg.horizon_s)))
-        chosen = choose_candidate(actions, self.cfg.choose, self._rng)
+        chosen = choose_candidate(actions, self.cfg.choose, chooser)
         actions[chosen.candidate_index] = chosen = chosen.model_copy(update={"executed": True})
         for a in actions:
             await self.emit("agent.actions", a)
         self.decisions += 1
+        if self.on_decided is not None:
+            self.on_decided(actions)
         metrics.ACTIONS.inc(len(actions))
         metrics.INVALID_ACTIONS.inc(sum(1 for a in actions if a.parsed is None))
         if self.execute is not None and chosen.parsed is not None:

@@ -97,6 +97,7 @@ class Started:
             typer.echo("[run] stopping: daemon (final snapshot), sink, streams worker")
             await self.supervisor.stop()
         if self.cluster is not None:
+            save_replay_high_water(self.data_dir, self.cluster)
             await self.cluster.stop()
         if self.broker is not None:
             # a start in progress cannot be cancelled (it runs in a thread): let it finish, then stop it
@@ -112,7 +113,7 @@ def status_line(elapsed_s: float, st: dict | None, alive: dict[str, bool], resta
     src = st["sources"]
     # events=0 with every child alive reads as "all fine" unless it says no source is connected
     return (f"[status {elapsed_s:6.0f}s] events={st['events']} sources_up={src['up']}/{src['total']} "
-            f"decisions={st['decisions']} groups={st['groups']} updates={st['updates']} "
+            f"decisions={st['decisions']} skipped={st.get('skipped', 0)} groups={st['groups']} updates={st['updates']} "
             f"policy_version={st['policy_version']} reward_ewma={st['reward_ewma']} "
             f"g2w_p50={st['group_to_weights_p50_s']}s {tail}")
 
@@ -141,7 +142,7 @@ async def ensure_model(s, env: dict[str, str], started: Started) -> Path:
 
 async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | None, symbols: list[str],
                   duration: float | None, live_ack: bool, sink: bool, status_every: float,
-                  streams_argv: list[str]) -> None:
+                  streams_argv: list[str], loop: bool = False) -> None:
     """Start everything, print status lines until SIGTERM/SIGINT or ``duration``, stop everything.
     The signal handlers come first: a stop while the broker starts or the model bootstraps stops
     what was started so far (before, those stages died with the signal and left the broker up)."""
@@ -153,7 +154,7 @@ async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | Non
     try:
         await _start_and_watch(s, started, stop, live=live, replay_path=replay_path, speed=speed,
                                symbols=symbols, duration=duration, live_ack=live_ack, sink=sink,
-                               status_every=status_every, streams_argv=streams_argv)
+                               status_every=status_every, streams_argv=streams_argv, loop=loop)
     except Stopped:
         typer.echo("[run] stop requested while starting")
     finally:
@@ -161,9 +162,33 @@ async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | Non
         typer.echo("[run] stopped")
 
 
+def replay_state_path(data_dir: Path) -> Path:
+    return data_dir / "replay" / "state.json"
+
+
+def replay_high_water(data_dir: Path) -> int | None:
+    """The newest recorded time an earlier paced replay in this data folder played: this run's
+    first pass starts after it (the streams' state and dedupe windows have seen up to there)."""
+    try:
+        return int(json.loads(replay_state_path(data_dir).read_text())["high_water_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def save_replay_high_water(data_dir: Path, cluster) -> None:
+    lockstep = getattr(cluster, "lockstep", None)
+    if lockstep is None or lockstep.high_water_ns is None:
+        return
+    path = replay_state_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"high_water_ns": lockstep.high_water_ns}))
+    tmp.replace(path)
+
+
 async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bool, replay_path: Path | None,
                            speed: float | None, symbols: list[str], duration: float | None, live_ack: bool,
-                           sink: bool, status_every: float, streams_argv: list[str]) -> None:
+                           sink: bool, status_every: float, streams_argv: list[str], loop: bool = False) -> None:
     from daemon import kafka_local, snapshots
     from daemon.eventlog.admin import ensure_topics
     from daemon.supervisor import Child, Supervisor, child_env
@@ -183,25 +208,41 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
     snap = await until_stopped(ensure_model(s, env, started), stop)
     typer.echo(f"[run] model: {snap} (policy_version {snapshots.read_snapshot_info(snap)['policy_version']})")
 
+    streams_env: dict[str, str] = {}
     if not live:
         from daemon.replay import ReplayCluster
 
         path = replay_path or s.replay.data_path
         speed = speed if speed is not None else s.replay.speed
         started.cluster = cluster = ReplayCluster(path, speed=speed, symbols=symbols, markets=("spot", "usdm"),
-                                                  social=True)
+                                                  social=True, span_s=s.replay.span_s, loop=loop,
+                                                  start_after_ns=replay_high_water(data_dir))
         await until_stopped(cluster.start(), stop)
         env["EIGENLOOP_SOURCES__EXCHANGES"] = json.dumps([x.model_dump() for x in cluster.exchanges])
         env["EIGENLOOP_SOURCES__JETSTREAM_URL"] = cluster.jetstream_url or ""
-        typer.echo(f"[run] replaying {path} at {speed}x: "
-                   + ", ".join(f"{x.name} {x.symbols}" for x in cluster.exchanges))
+        if cluster.pace_url:
+            env["EIGENLOOP_REPLAY__PACE_URL"] = cluster.pace_url
+            env["EIGENLOOP_REPLAY__SEED"] = str(s.replay.seed)
+            # the input pauses while the loop works: windows close in event time only
+            streams_env["EIGENLOOP_STREAMS__IDLE_CLOSE"] = "false"
+        how = "paced by the loop (nothing skipped)" if speed is None else f"at {speed}x (real-time emulation)"
+        if cluster.lockstep is not None and cluster.lockstep.next_shift_ms():
+            how += f", time-shifted {cluster.lockstep.next_shift_ms() / 1000:.0f} s past what this data folder saw"
+        typer.echo(f"[run] replaying {path} {how}: " + ", ".join(f"{x.name} {x.symbols}" for x in cluster.exchanges))
     else:
         typer.echo("[run] live websockets: " + ", ".join(f"{x.name} {x.symbols}" for x in s.sources.exchanges))
 
     logs = data_dir / "logs"
     started.supervisor = sup = Supervisor()
     argv = _eigenloop_argv()
-    await sup.add(Child("streams", argv + streams_argv, child_env(env), logs / "streams.log"))
+    streams_log = logs / "streams.log"
+    mark = streams_log.stat().st_size if streams_log.exists() else 0
+    await sup.add(Child("streams", argv + streams_argv, child_env({**env, **streams_env}), streams_log))
+    # the daemon's first actions must find the worker's tables in place (a worker still creating
+    # its changelog topics fails on them and stalls)
+    if not await until_stopped(wait_for_line(streams_log, mark, "streams worker ready", 180.0), stop):
+        typer.echo("[run] the streams worker is not ready after 180 s; starting the daemon anyway "
+                   f"(see {streams_log})")
     if sink:
         await sup.add(Child("sink", argv + ["analytics", "sink"], child_env(env), logs / "sink.log"))
     daemon_argv = argv + ["daemon"] + ([LIVE_FLAG] if live_ack else [])
@@ -209,23 +250,72 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
     typer.echo(f"[run] children: {', '.join(c.name for c in sup.children)}; logs in {logs}")
 
     t0 = time.monotonic()
+    next_line = t0 + status_every
+    summarised = -1  # the last pass whose summary was printed
+    st = None
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), status_every)
+            await asyncio.wait_for(stop.wait(), max(0.0, min(1.0, next_line - time.monotonic())))
         except asyncio.TimeoutError:
-            pass  # time for a status line
+            pass  # time to look at the daemon
         st = await asyncio.to_thread(_daemon_status, s.http.port)
-        restarts = {c.name: c.restarts for c in sup.children if c.restarts}
-        typer.echo(status_line(time.monotonic() - t0, st, sup.alive(), restarts))
-        if duration and time.monotonic() - t0 >= duration:
+        now = time.monotonic()
+        if now >= next_line:
+            next_line = now + status_every
+            restarts = {c.name: c.restarts for c in sup.children if c.restarts}
+            typer.echo(status_line(now - t0, st, sup.alive(), restarts))
+        replay = (st or {}).get("replay") or {}
+        if replay.get("drained") and replay.get("pass", 0) > summarised:
+            summarised = replay.get("pass", 0)
+            save_replay_high_water(data_dir, started.cluster)
+            print_summary(st, f"pass {summarised} of the replay is over", s)
+            typer.echo("[run] the next pass follows, time-shifted (--loop)" if loop else
+                       "[run] still serving (the daemon stays up, waiting for data); Ctrl-C stops everything")
+        if duration and now - t0 >= duration:
             break
+    if summarised < 0:
+        st = await asyncio.to_thread(_daemon_status, s.http.port) or st
+        if st:
+            print_summary(st, "stopping before the replay was over" if not live else "stopping", s)
+
+
+async def wait_for_line(path: Path, offset: int, text: str, timeout_s: float) -> bool:
+    """Whether ``text`` appears in ``path`` after byte ``offset`` within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    needle = text.encode()
+    while time.monotonic() < deadline:
+        if path.exists():
+            with path.open("rb") as fh:
+                fh.seek(offset)
+                if needle in fh.read():
+                    return True
+        await asyncio.sleep(0.25)  # polling a log file: no event to wait on
+    return False
+
+
+def print_summary(st: dict, why: str, s) -> None:
+    from daemon.run_summary import format_summary
+
+    typer.echo(f"[run] summary ({why}):")
+    for line in format_summary(st):
+        typer.echo(f"[run]   {line}")
+    typer.echo("[run]   next: `eigenloop analytics learning-curve`, `eigenloop analytics groups` "
+               "(all: `eigenloop analytics --help`)")
+    typer.echo(f"[run]   metrics at http://127.0.0.1:{s.http.port}/metrics, status at /status")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(live: bool = typer.Option(False, "--live", help="live exchange and Jetstream websockets instead of replay"),
             replay: Optional[Path] = typer.Option(None, "--replay", help="recorded data root (default replay.data_path)"),
-            speed: Optional[float] = typer.Option(None, help="replay speed factor, > 0 (default replay.speed)"),
+            speed: Optional[float] = typer.Option(None, help="real-time emulation at this speed factor, > 0, "
+                                                  "skipping what the model cannot keep up with (default: "
+                                                  "replay.speed; unset, the replay is paced by the loop)"),
+            span: Optional[float] = typer.Option(None, help="paced replay: play only the first SPAN seconds of "
+                                                 "recorded time (default replay.span_s: all)"),
+            seed: Optional[int] = typer.Option(None, help="paced replay: the actor's seed (default replay.seed)"),
+            loop: bool = typer.Option(False, "--loop", help="paced replay: play the captures again and again, "
+                                      "each pass time-shifted past the last, with fresh ids (an always-on demo)"),
             symbols: str = typer.Option("BTC/USDT,ETH/USDT", help="replayed symbols, comma-separated"),
             duration: Optional[float] = typer.Option(None, help="stop after this many seconds"),
             sink: bool = typer.Option(True, help="run the analytics sink"),
@@ -237,15 +327,22 @@ def register(app: typer.Typer) -> None:
         from daemon.kafka_local import BrokerError
 
         s = settings()
+        replay_update = {k: v for k, v in (("span_s", span), ("seed", seed)) if v is not None}
+        if replay_update:
+            s = s.model_copy(update={"replay": s.replay.model_copy(update=replay_update)})
+        if span is not None and not span > 0:
+            raise fail(f"--span must be > 0 seconds, got {span}")
         if speed is not None and not speed > 0:
             # 0 used to fall back to the default 20x without a word
-            raise fail(f"--speed must be > 0 (a replay speed factor: 1 is real time, inf as fast as the "
-                       f"loop reads), got {speed}")
+            raise fail(f"--speed must be > 0 (real-time emulation: 1 is real time; leave it out for the "
+                       f"replay paced by the loop), got {speed}")
+        if loop and (speed if speed is not None else s.replay.speed) is not None:
+            raise fail("--loop needs the paced replay: leave out --speed (and replay.speed)")
         try:
             streams_argv = streams_command(s)  # before anything starts: a bad engine fails at once
             asyncio.run(run_all(s, live=live, replay_path=replay, speed=speed,
                                 symbols=[x.strip() for x in symbols.split(",") if x.strip()], duration=duration,
                                 live_ack=i_understand_live_trading, sink=sink, status_every=status_every,
-                                streams_argv=streams_argv))
+                                streams_argv=streams_argv, loop=loop))
         except (BrokerError, ConfigurationError) as e:
             raise fail(str(e))

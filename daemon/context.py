@@ -73,6 +73,16 @@ class ContextWindow:
         while dq and dq[0][0] < cutoff:
             dq.popleft()
 
+    def quotes_between(self, symbol: str, t_from: int, t_to: int) -> list[tuple[int, float, float, float, float]]:
+        """The quote in force at ``t_from`` and every later one through ``t_to`` (the book path a
+        fill needs), as far as the window still holds them."""
+        w = self.symbols.get(symbol)
+        if w is None:
+            return []
+        q = list(w.quotes)
+        start = max(0, bisect_left([x[0] for x in q], t_from + 1) - 1)
+        return [x for x in q[start:] if x[0] <= t_to]
+
     def last_quote(self, symbol: str) -> tuple[int, float, float, float, float] | None:
         w = self.symbols.get(symbol)
         return w.quotes[-1] if w and w.quotes else None

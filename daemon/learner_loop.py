@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -23,6 +24,7 @@ from aiokafka.errors import KafkaError
 from daemon import metrics, snapshots
 from daemon.eventlog import DeadLetterer, EventProducer
 from daemon.eventlog.connection import client_kwargs, topic
+from daemon.due_groups import DueGroups
 from daemon.eventlog.reader import decode_or_none
 from daemon.guard import CollapseGuard
 from daemon.learning import RECENT_GROUPS, Ewma, RecentIds, coalesce, plan_batches
@@ -38,7 +40,9 @@ log = get_logger("learner")
 
 class LearnerLoop:
     def __init__(self, settings: Settings, policy: ResidentPolicy, producer: EventProducer,
-                 snapshot_root: Path, start_offset: int, recent_groups: list[str] | None = None):
+                 snapshot_root: Path, start_offset: int, recent_groups: list[str] | None = None,
+                 order: DueGroups | None = None, on_applied: Callable[[GRPOGroup], None] | None = None,
+                 on_probe: Callable[[dict | None], None] | None = None):
         self.s = settings
         self.policy = policy
         self.producer = producer
@@ -68,6 +72,12 @@ class LearnerLoop:
         self._guard_dirty = False
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
+        # a paced replay: this process's own groups wait here until ``order`` says they are next
+        self.order = order
+        self.held: dict[str, tuple[int, GRPOGroup]] = {}
+        self._read_offset = start_offset
+        self.on_applied = on_applied
+        self.on_probe = on_probe
         # one holder at a time of "the model and the offset agree": applying a poll's groups and
         # writing a snapshot (periodic, /snapshot, /pin) never interleave
         self.lock = asyncio.Lock()
@@ -98,9 +108,11 @@ class LearnerLoop:
     async def _run(self) -> None:
         assert self._consumer is not None
         delay = 0.5
+        # paced, a group may come due after it arrived: poll often enough to apply it soon
+        poll_ms = 50 if self.order is not None else 500
         while not self._stopping.is_set():
             try:
-                got = await self._consumer.getmany(self.tp, timeout_ms=500)
+                got = await self._consumer.getmany(self.tp, timeout_ms=poll_ms)
                 delay = 0.5
             except KafkaError as e:
                 # the broker is away (restart, outage): nothing was consumed, so waiting and
@@ -113,6 +125,7 @@ class LearnerLoop:
             async with self.lock:
                 if records:
                     await self.handle(records)
+                await self.apply_due()
                 await self.maybe_snapshot()
             lag = self.lag()
             if lag is not None:
@@ -150,9 +163,12 @@ class LearnerLoop:
                                        "DecodeError" if ev is None else "WrongType")
                 metrics.DEAD_LETTERS.labels("learner").inc()
                 continue
-            if ev.group_id in self.recent:
+            if ev.group_id in self.recent or ev.group_id in self.held:
                 self.duplicates += 1
                 metrics.GROUPS_IN.labels("duplicate").inc()
+                continue
+            if self.order is not None and self.order.knows(ev.group_id):
+                self.held[ev.group_id] = (rec.offset, ev)
                 continue
             self.recent.add(ev.group_id)
             groups.append((rec.offset, ev))
@@ -166,12 +182,32 @@ class LearnerLoop:
             log.warning("learner behind: groups dropped", dropped=dropped, mode=self.s.learner.backpressure)
         for batch in batches:
             await self.apply(batch)
-            self.next_offset = max(self.next_offset, offset_of[id(batch[-1])] + 1)
-            if self._guard_dirty:
-                self._guard_dirty = False
-                await asyncio.to_thread(self.refresh_checksums)
-                await self._snapshot()
-        self.next_offset = last_offset + 1
+            self.next_offset = max(self.next_offset, min(self._held_floor(), offset_of[id(batch[-1])] + 1))
+            await self._after_guard()
+        self._read_offset = last_offset + 1
+        self.next_offset = self._held_floor()
+
+    def _held_floor(self) -> int:
+        """The offset to resume from: the first group still held, else past everything read."""
+        return min((off for off, _ in self.held.values()), default=self._read_offset)
+
+    async def _after_guard(self) -> None:
+        if self._guard_dirty:
+            self._guard_dirty = False
+            await asyncio.to_thread(self.refresh_checksums)
+            await self._snapshot()
+
+    async def apply_due(self) -> None:
+        """Paced: apply the held groups that are next in ``order``, one at a time. Called with ``lock``."""
+        if self.order is None:
+            return
+        while (gid := self.order.head()) is not None and gid in self.held:
+            _, group = self.held.pop(gid)
+            self.recent.add(gid)
+            await self.apply([group])
+            self.order.applied(gid)
+            self.next_offset = self._held_floor()
+            await self._after_guard()
 
     async def apply(self, batch: list[GRPOGroup]) -> None:
         group = coalesce(batch)
@@ -196,6 +232,8 @@ class LearnerLoop:
         for g in batch:
             if g.rewards:
                 metrics.REWARD_EWMA.set(self.reward.update(sum(g.rewards) / len(g.rewards)))
+            if self.on_applied is not None:
+                self.on_applied(g)
         # the guard sees every group, skipped ones too (zero spread is one of its signals); its
         # probe samples the model, so it runs off the event loop
         for action in await asyncio.to_thread(self.guard.observe, batch, updates):
@@ -207,6 +245,8 @@ class LearnerLoop:
         every = self.s.learner.probe_every_updates
         if every and (self._probed_version is None or self.policy.policy_version - self._probed_version >= every):
             await asyncio.to_thread(self.refresh_side_probe)
+            if self.on_probe is not None:
+                self.on_probe(self.side_probe)
 
     def refresh_side_probe(self) -> dict | None:
         """The exact side probe on the fixed prompts, exported as metrics (``daemon.side_probe``)."""

@@ -6,6 +6,8 @@ EVENTS_IN = Counter("eigenloop_events_in_total", "Market and social records rece
 ACTIONS = Counter("eigenloop_actions_total", "Candidate actions emitted")
 INVALID_ACTIONS = Counter("eigenloop_invalid_actions_total", "Candidates that did not parse")
 DECISIONS_SKIPPED = Counter("eigenloop_decisions_skipped_total", "Decisions replaced while the model was busy")
+PACE_SETTLE_TIMEOUTS = Counter("eigenloop_pace_settle_timeouts_total",
+                               "Paced decisions taken before every group due by then was applied (a lost group)")
 GROUPS_IN = Counter("eigenloop_groups_consumed_total", "Closed groups read from learn.groups", ["status"])
 GROUPS_DROPPED = Counter("eigenloop_groups_dropped_total", "Groups not learned from because of backpressure")
 UPDATES = Counter("eigenloop_block_updates_total", "Block weight updates applied", ["block"])

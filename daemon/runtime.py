@@ -15,17 +15,22 @@ from typing import Any
 from daemon import kafka_local, metrics, snapshots
 from daemon.actor import Actor
 from daemon.context import ContextWindow
+from daemon.due_groups import DueGroups
 from daemon.eventlog import EventProducer
 from daemon.executors import KillSwitch, LiveExecutor, PaperExecutor
 from daemon.http import HttpServer
 from daemon.learner_loop import LearnerLoop
 from daemon.logging import get_logger
+from daemon.pace import PaceLink
 from daemon.policy import ResidentPolicy
+from daemon.run_summary import RunLedger, curve_path
 from daemon.sources import up_down
-from schemas import BookTicker, DeadLetter, Event, MarketTrade, SocialEngagement, SocialPost, StreamGap
+from schemas import (BookTicker, DeadLetter, Event, MarketTrade, MarketWatermark, SocialEngagement, SocialPost,
+                     StreamGap)
 from schemas.settings import ExchangeSettings, Settings
 
 log = get_logger("daemon")
+SETTLE_PATIENCE_S = 60.0  # how long a paced decision waits for the groups due before it
 
 
 def learner_config(settings: Settings):
@@ -93,6 +98,14 @@ class Daemon:
         self._broker_ok_at = 0.0
         self.parts: list[Any] = []
         self.sources: list[Any] = []  # started MarketSource / JetstreamSource, for up/down in status
+        self.pace: PaceLink | None = None
+        self.due: DueGroups | None = None
+        self.last_ts: dict[tuple[str, str], int] = {}  # (exchange, symbol) -> newest market time
+        self.replay_ended = False
+        self.curve: str | None = None
+        self.settle_timeouts = 0
+        self.valid_actions = 0
+        self.actions_out = 0
 
     async def start(self) -> None:
         s = self.s
@@ -108,11 +121,19 @@ class Daemon:
         self.producer = await self._connect_producer()
         self._broker_ok_at = time.monotonic()
         recent = snapshots.read_snapshot_info(snap).get("metadata", {}).get("recent_groups", [])
+        paced = s.replay.pace_url is not None
+        # paced: the learner applies this run's groups in the input's order, the actor samples only
+        # once the groups due by then are applied, and ids derive from (seed, starting model, decision)
+        self.due = DueGroups() if paced else None
+        self.ledger = RunLedger(self.context, s.reward, s.actor.horizon_s)
         self.learner = LearnerLoop(s, self.policy, self.producer, snapshots.snapshot_root(s.data_dir), offset,
-                                   recent_groups=recent)
+                                   recent_groups=recent, order=self.due, on_applied=self.ledger.applied,
+                                   on_probe=self.ledger.probed)
         await self.learner.start()
+        run_key = f"{s.replay.seed}|{state.policy_version}|{self.learner.checksum()[:16]}" if paced else None
         self.actor = Actor(self.policy, self.context, self._emit, self.executor.execute, s.actor, s.groups,
-                           seed=int(time.time()))
+                           seed=int(time.time()), run_key=run_key,
+                           before_decide=self._settle_weights if paced else None, on_decided=self._decided)
         await self.actor.start()
         self.parts = [self.learner, self.actor]
         if self.exchanges:
@@ -132,6 +153,12 @@ class Daemon:
             await self.social.start()
             self.parts.append(self.social)
             self.sources.append(self.social)
+        if paced:
+            self.pace = PaceLink(s.replay.pace_url, self.sources, self.actor.idle, self._end_of_replay,
+                                 on_pass=self._pass_begins)
+            self.actor.on_idle = self.pace.poke
+            await self.pace.start()
+            self.parts.append(self.pace)
         self.http = HttpServer(s.http.host, s.http.port, health=self.health, ready=self.readiness,
                                kill_switch=self.kill, snapshot=self._snapshot_now, status=self.status,
                                pin=self.pin)
@@ -203,6 +230,10 @@ class Daemon:
         metrics.EVENTS_IN.labels(ev.type).inc()
         if isinstance(ev, (BookTicker, MarketTrade)):
             self.context.observe(ev)
+            key = (ev.exchange, ev.symbol)
+            self.last_ts[key] = max(self.last_ts.get(key, 0), ev.ts_event)
+            if self.due is not None:
+                self.due.observe(f"{ev.exchange}|{ev.symbol}", ev.ts_event)
             self.actor.on_market_event(ev.symbol, ev.exchange, ev.ts_event)
             if isinstance(self.executor, PaperExecutor):
                 self.executor.on_market_time(ev.symbol, ev.ts_event)
@@ -216,6 +247,68 @@ class Daemon:
         metrics.EVENTS_IN.labels(ev.type).inc()
         if isinstance(ev, (SocialPost, SocialEngagement)):
             self.context.observe(ev)
+
+    # a paced replay --------------------------------------------------------------------------
+    async def _settle_weights(self) -> None:
+        """Before a paced decision samples: every group due by now is applied. A group that never
+        comes (a worker that lost it) must not hang the replay: after ``SETTLE_PATIENCE_S`` the
+        decision goes ahead, logged and counted (the run is then no longer reproducible)."""
+        assert self.due is not None
+        if not await self.due.wait_settled(SETTLE_PATIENCE_S):
+            self.settle_timeouts += 1
+            metrics.PACE_SETTLE_TIMEOUTS.inc()
+            log.error("groups due were not applied in time; deciding anyway", due=list(self.due.due)[:5],
+                      patience_s=SETTLE_PATIENCE_S)
+
+    def _decided(self, actions: list) -> None:
+        self.ledger.opened(actions)
+        self.valid_actions += sum(1 for a in actions if a.parsed is not None)
+        self.actions_out += len(actions)
+        if self.due is not None:
+            from streams.rewards import horizon_end_ns
+
+            a = actions[0]
+            self.due.opened(a.group_id, f"{a.exchange}|{a.symbol}", [horizon_end_ns(x) for x in actions])
+
+    def _pass_begins(self, k: int) -> None:
+        self.replay_ended, self.curve = False, None
+        log.info("replay pass begins", pass_no=k)
+
+    async def _end_of_replay(self, lines: int) -> None:
+        """The finite replay is over: a watermark per symbol past every horizon closes the last
+        groups in event time; once they are applied the run is drained and the curve written."""
+        s = self.s
+        past = round((s.actor.horizon_s + s.groups.grace_s + 1.0) * 1e9)
+        for (exchange, symbol), ts in sorted(self.last_ts.items()):
+            wm = MarketWatermark(exchange=exchange, symbol=symbol, reason="end of replay", ts_event=ts + past,
+                                 key=symbol, source="daemon")
+            await self._send("market.events", wm, key=symbol)
+        await self.producer.flush()
+        assert self.due is not None
+        self.due.end()
+        self.replay_ended = True
+        log.info("replay input over", lines=lines, open_groups=self.due.open_count, due=len(self.due.due))
+        asyncio.get_running_loop().create_task(self._when_drained(), name="drain")
+
+    async def _when_drained(self) -> None:
+        assert self.due is not None
+        await self.due.wait_settled()
+        async with self.learner.lock:
+            await asyncio.to_thread(self.learner.refresh_side_probe)
+        self.ledger.probed(self.learner.side_probe)
+        path = await asyncio.to_thread(self.ledger.write_curve, curve_path(self.s.data_dir))
+        self.curve = str(path) if path else None
+        log.info("replay drained", groups=self.learner.groups_applied, policy_version=self.policy.policy_version,
+                 curve=self.curve)
+
+    def replay_status(self) -> dict[str, Any] | None:
+        if self.pace is None or self.due is None:
+            return None
+        return {"paced": True, "pass": self.pace.passes - 1, "frames": self.pace.frames(),
+                "link_up": self.pace.connected,
+                "ended": self.replay_ended, "open_groups": self.due.open_count, "due_groups": len(self.due.due),
+                "held_groups": len(self.learner.held), "settle_timeouts": self.settle_timeouts,
+                "drained": self.replay_ended and self.due.settled() and self.curve is not None}
 
     async def on_dead_letter(self, dl: DeadLetter) -> None:
         await self._send("deadletter", dl)
@@ -267,6 +360,9 @@ class Daemon:
                 "learn_offset": self.learner.next_offset, "learn_lag": self.learner.lag(),
                 "market_span_s": round((self.market_last_ns - self.market_first_ns) / 1e9, 1),
                 "side_probe": self.learner.side_probe,
+                "skipped": self.actor.skipped,
+                "valid_share": round(self.valid_actions / self.actions_out, 4) if self.actions_out else None,
+                "replay": self.replay_status(), "summary": self.ledger.summary(), "curve": self.curve,
                 # events=0 alone does not say why: no input yet, or no stream connected at all
                 "sources": up_down(self.sources)}
 

@@ -9,12 +9,12 @@ from schemas.codec import RECORD_TYPES, DecodeError, decode, decode_as, decode_d
 from schemas.deadletter import DeadLetter
 from schemas.ids import deterministic_event_id, event_id_ms, new_event_id
 from schemas.learn import BlockUpdate, GRPOGroup, GuardAction, SnapshotMarker
-from schemas.market import BookTicker, DepthUpdate, MarketTrade, StreamGap
+from schemas.market import BookTicker, DepthUpdate, MarketTrade, MarketWatermark, StreamGap
 from schemas.social import SocialEngagement, SocialPost
 
 __all__ = [
     "Action", "BlockUpdate", "BookTicker", "DeadLetter", "DecodeError", "DepthUpdate", "Event",
-    "GRPOGroup", "GuardAction", "MarketActionSpec", "MarketTrade", "Outcome", "Prompt",
+    "GRPOGroup", "GuardAction", "MarketActionSpec", "MarketTrade", "MarketWatermark", "Outcome", "Prompt",
     "RECORD_TYPES", "RewardComponents", "SnapshotMarker", "SocialActionSpec", "SocialEngagement",
     "SocialPost", "StreamGap", "decode", "decode_as", "decode_dict", "deterministic_event_id",
     "encode", "event_id_ms", "new_event_id", "now_ns",

@@ -18,13 +18,13 @@ from schemas.agent import Action, Outcome, Prompt
 from schemas.base import Event
 from schemas.deadletter import DeadLetter
 from schemas.learn import BlockUpdate, GRPOGroup, GuardAction, SnapshotMarker
-from schemas.market import BookTicker, DepthUpdate, MarketTrade, StreamGap
+from schemas.market import BookTicker, DepthUpdate, MarketTrade, MarketWatermark, StreamGap
 from schemas.social import SocialEngagement, SocialPost
 
 RECORD_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (
-        MarketTrade, BookTicker, DepthUpdate, StreamGap, SocialPost, SocialEngagement, Prompt,
+        MarketTrade, BookTicker, DepthUpdate, StreamGap, MarketWatermark, SocialPost, SocialEngagement, Prompt,
         Action, Outcome, GRPOGroup, BlockUpdate, SnapshotMarker, GuardAction, DeadLetter,
     )
 }

@@ -65,3 +65,16 @@ class StreamGap(Event):
     reason: str
     gap_start_ns: int
     attempt: int = 0
+
+
+class MarketWatermark(Event):
+    """A source's promise: no record of (``exchange``, ``symbol``) older than ``ts_event`` follows.
+
+    A finite replay ends each symbol's input with one, so the stream processors close what the
+    end of the data makes final in event time, without a wall-clock guess about idle streams."""
+
+    TYPE = "market.watermark"
+
+    exchange: str
+    symbol: str
+    reason: str = ""

@@ -73,6 +73,9 @@ class StreamsSettings(_Section):
     app_id: str = "eigenloop-streams"
     engine: Literal["faust", "flink"] = "faust"
     idle_tick_s: float = Field(0.25, gt=0, le=1.0, description="wall-clock timer closing idle windows")
+    idle_close: bool = Field(True, description="close the windows of a symbol idle for idle_tick_s by a wall-clock "
+                             "estimate of event time; off: event time only (a loop-paced replay, which "
+                             "ends each symbol with a market.watermark)")
     web_port: int = Field(0, ge=0, description="Faust web port; 0 picks a free one")
     market_window_s: float = Field(60.0, gt=0, description="how much book/trade history the state keeps")
     session_timeout_s: float = Field(15.0, ge=6, le=300, description="consumer-group session timeout: how soon "
@@ -106,7 +109,15 @@ class SourcesSettings(_Section):
 
 class ReplaySettings(_Section):
     data_path: Path = Path("../shared/data")
-    speed: float = Field(20.0, gt=0, description="replay speed factor against the recorded gaps")
+    speed: float | None = Field(None, gt=0, description="real-time emulation: recorded gaps divided by this, "
+                                "decisions the model cannot keep up with skipped (counted); null: paced by "
+                                "the loop, one line at a time, nothing skipped, reproducible")
+    seed: int = Field(0, description="a paced replay's actor seed: with the same captures and the same starting "
+                      "model, the same seed gives the same actions (ids included)")
+    span_s: float | None = Field(None, gt=0, description="a paced replay plays only this many seconds of "
+                                 "recorded time (null: all of it)")
+    pace_url: str | None = Field(None, description="set by `eigenloop run` for the daemon: the paced "
+                                 "replay's acknowledgement endpoint")
 
 
 class ActorSettings(_Section):

@@ -39,7 +39,7 @@ from schemas.agent import Action, Outcome
 from schemas.base import Event
 from schemas.codec import DecodeError, decode
 from schemas.deadletter import DeadLetter
-from schemas.market import BookTicker, DepthUpdate, MarketTrade, StreamGap
+from schemas.market import BookTicker, DepthUpdate, MarketTrade, MarketWatermark, StreamGap
 from schemas.settings import GroupConfig, RewardConfig
 from streams.grouping import close_group, window_end_ns
 from streams.rewards import BookPath, horizon_end_ns, score_action, to_outcome
@@ -129,7 +129,8 @@ class SymbolEngine:
     def __init__(self, reward: RewardConfig, groups: GroupConfig, *, book: MutableMapping,
                  trades: MutableMapping, index: MutableMapping, pending: MutableMapping,
                  agenda: MutableMapping, closed: MutableMapping, bucket_s: float = 1.0,
-                 market_window_s: float = 60.0, idle_after_s: float = 0.25, source: str = "streams"):
+                 market_window_s: float = 60.0, idle_after_s: float = 0.25, idle_close: bool = True,
+                 source: str = "streams"):
         self.reward, self.groups = reward, groups
         self.book, self.trades, self.index = book, trades, index
         self.pending, self.agenda, self.closed = pending, agenda, closed
@@ -138,6 +139,9 @@ class SymbolEngine:
         self.bucket_ns = round(bucket_s * 1e9)
         self.keep_buckets = int(market_window_s / bucket_s) + 1
         self.clock = Clock(idle_after_s)
+        # off for a loop-paced replay: its input pauses while the loop works, and a wall-clock
+        # estimate would then score candidates on a book still missing the quotes to come
+        self.idle_close = idle_close
         self.source = source
         # market buckets are kept while a candidate may still be on its way (the worker sets this
         # while the router or the internal topic has a backlog): in catch-up the market can run
@@ -172,6 +176,8 @@ class SymbolEngine:
         elif isinstance(ev, MarketTrade):
             sk = state_key(ev.exchange, ev.symbol)
             self._add_trade(sk, ev)
+        elif isinstance(ev, MarketWatermark):
+            sk = state_key(ev.exchange, ev.symbol)  # moves event time only: what it makes final closes
         elif isinstance(ev, IGNORED_MARKET):
             return []
         else:
@@ -226,7 +232,7 @@ class SymbolEngine:
             state = caught_up(tp) if caught_up is not None and tp is not None else None
             # with a lag probe, idle means "read everything": unknown (e.g. still joining the
             # consumer group after a restart) is not idle, or a backlog would be skipped
-            idle = None if (caught_up is not None and state is not True) else \
+            idle = None if (not self.idle_close or (caught_up is not None and state is not True)) else \
                 self.clock.idle_now(sk, wall_ns, caught_up=bool(state))
             now = idle or self.clock.watermark(sk)
             if (idle is not None and entry["due"] < idle) or (entry["expiry"] < now and wall_ns >= entry["grace"]):

@@ -65,6 +65,7 @@ class JobConfig:
     groups: dict
     market_window_s: float = 60.0
     idle_tick_s: float = 0.25
+    idle_close: bool = True  # streams.idle_close: off for a loop-paced replay
     parallelism: int | None = None  # None: 1 on the local mini-cluster, the cluster's default elsewhere
     checkpoint_interval_s: float = 5.0
     checkpoint_dir: Path | str = Path(".eigenloop/flink/checkpoints")  # a folder, or a URI (s3://...)
@@ -93,6 +94,7 @@ def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
         bootstrap=bootstrap, topics={t: f"{prefix}{t}" for t in INPUTS + OUTPUTS}, group_id=app,
         transactional_prefix=app, reward=settings.reward.model_dump(), groups=settings.groups.model_dump(),
         market_window_s=settings.streams.market_window_s, idle_tick_s=settings.streams.idle_tick_s,
+        idle_close=settings.streams.idle_close,
         checkpoint_dir=Path(settings.data_dir).resolve() / "flink" / app / "checkpoints",
         kafka_properties=kafka_properties(settings.kafka), name=app,
         lag_config=librdkafka_config(bootstrap, app, settings.kafka),
@@ -265,7 +267,7 @@ def build(env, cfg: JobConfig) -> None:
     # the lag probe asks about the sources' consumer group, wherever the overrides put it
     lag = {**cfg.lag_config, "bootstrap.servers": cfg.bootstrap, "group.id": cfg.group_id}
     process = SymbolProcess(cfg.reward, cfg.groups, bucket_s=BUCKET_S, market_window_s=cfg.market_window_s,
-                            idle_tick_s=cfg.idle_tick_s, lag_config=lag)
+                            idle_tick_s=cfg.idle_tick_s, idle_close=cfg.idle_close, lag_config=lag)
     out = (rows.key_by(lambda r: r[1], key_type=Types.STRING())
            .process(process, output_type=OUT_TYPE).name("rewards-and-groups").uid("rewards-and-groups"))
     stmts = t_env.create_statement_set()

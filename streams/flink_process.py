@@ -88,12 +88,14 @@ class SymbolProcess(KeyedProcessFunction):
     """Market events and candidates of one symbol -> outcomes, groups, dead letters."""
 
     def __init__(self, reward: dict, groups: dict, *, bucket_s: float, market_window_s: float,
-                 idle_tick_s: float, lag_config: dict | None = None, source: str = "streams"):
+                 idle_tick_s: float, lag_config: dict | None = None, source: str = "streams",
+                 idle_close: bool = True):
         # ``source`` as the Faust worker's: the same logical event whichever engine produced it,
         # so records are identical field for field (ts_ingest aside) and switching is seamless
         # plain dicts: the function is pickled to the Python workers, settings are rebuilt there
         self.reward, self.groups = reward, groups
         self.bucket_s, self.market_window_s, self.idle_tick_s = bucket_s, market_window_s, idle_tick_s
+        self.idle_close = idle_close
         self.source = source
         self.lag_config = lag_config  # librdkafka settings of the lag probe; None: never idle
         self.engine: SymbolEngine | None = None
@@ -103,7 +105,8 @@ class SymbolProcess(KeyedProcessFunction):
         maps = {name: StateMap(ctx.get_map_state(MapStateDescriptor(name, pickled, pickled))) for name in STATES}
         self.engine = SymbolEngine(RewardConfig(**self.reward), GroupConfig(**self.groups),
                                    bucket_s=self.bucket_s, market_window_s=self.market_window_s,
-                                   idle_after_s=self.idle_tick_s, source=self.source, **maps)
+                                   idle_after_s=self.idle_tick_s, idle_close=self.idle_close, source=self.source,
+                                   **maps)
         # derived, in-memory only (rebuilt from the next events after a restart, like the Clock)
         self._event_timer: dict[str, int] = {}  # sk -> event-time timer set (ms)
         self._idle_timer: dict[str, int] = {}  # key -> processing-time timer set (ms)

@@ -79,4 +79,5 @@ def engine_for(topo: Topology, settings: Settings) -> SymbolEngine:
         settings.reward, settings.groups, book=topo.book.table, trades=topo.trades.table, index=topo.index,
         pending=topo.pending, agenda=topo.agenda, closed=topo.closed, bucket_s=BUCKET_S,
         market_window_s=settings.streams.market_window_s, idle_after_s=settings.streams.idle_tick_s,
+        idle_close=settings.streams.idle_close,
     )

@@ -24,8 +24,8 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel
 
 from schemas import (Action, BlockUpdate, BookTicker, DeadLetter, DepthUpdate, Event, GRPOGroup, GuardAction,
-                     MarketTrade, Outcome, Prompt, SnapshotMarker, SocialEngagement, SocialPost, StreamGap,
-                     event_id_ms)
+                     MarketTrade, MarketWatermark, Outcome, Prompt, SnapshotMarker, SocialEngagement, SocialPost,
+                     StreamGap, event_id_ms)
 
 # Strings with few distinct values: dictionary-encoded, which makes them cheap to group by.
 LOW_CARDINALITY = {"type", "source", "symbol", "exchange", "stream", "source_topic", "error_type"}
@@ -192,6 +192,7 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec("market_depth", DepthUpdate, f"exchange, symbol, {_HOURLY}, event_id",
               partition_by="toDate(id_time)", ttl="toDateTime(id_time) + INTERVAL 1 DAY"),
     TableSpec("stream_gaps", StreamGap, "exchange, symbol, event_id"),
+    TableSpec("market_watermarks", MarketWatermark, "exchange, symbol, event_id"),
     TableSpec("social_posts", SocialPost, f"{_HOURLY}, event_id", partition_by="toDate(id_time)",
               ttl="toDateTime(id_time) + INTERVAL 7 DAY"),
     TableSpec("social_engagements", SocialEngagement, f"{_HOURLY}, event_id", partition_by="toDate(id_time)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -20,6 +21,7 @@ import structlog
 
 from daemon.replay.binance_server import BinanceReplayServer
 from daemon.replay.jetstream_server import JetstreamReplayServer
+from daemon.replay.lockstep import Lockstep
 from schemas.settings import ExchangeSettings, SourcesSettings
 
 __all__ = ["BinanceReplayServer", "JetstreamReplayServer", "ReplayCluster"]
@@ -49,7 +51,12 @@ class ReplayCluster:
 
     Args:
         data_path: the shared data root (``exchange_binance/`` and ``social_bluesky/`` under it).
-        speed: recorded gaps are divided by this (market data).
+        speed: recorded gaps are divided by this (market data); None: paced by the loop, one
+            line at a time against the client's acknowledgements (``daemon.replay.lockstep``).
+        span_s: paced only: replay the first ``span_s`` seconds of recorded time.
+        loop: paced only: play the captures again and again, each pass time-shifted past the last.
+        start_after_ns: paced only: consumers have seen recorded time up to here already (an
+            earlier run on the same data folder): the first pass is shifted past it.
         symbols: bases or symbols in any form (``BTC``, ``BTC/USDT``, ``BTCUSDT``); each is
             replayed on every market in ``markets``.
         markets: any of ``spot``, ``usdm``, ``coinm``.
@@ -59,18 +66,24 @@ class ReplayCluster:
             or ``"manual"`` (call ``play()``).
     """
 
-    def __init__(self, data_path: str | Path, speed: float = 20.0, symbols: Iterable[str] = ("BTC/USDT",), *,
+    def __init__(self, data_path: str | Path, speed: float | None = 20.0, symbols: Iterable[str] = ("BTC/USDT",), *,
                  markets: Iterable[str] = ("spot", "usdm"), social: bool = True, social_speed: float | None = None,
                  depth: bool = False, play: Literal["subscribed", "now", "manual"] = "subscribed",
-                 subscribe_timeout_s: float = 30.0, host: str = "127.0.0.1") -> None:
+                 subscribe_timeout_s: float = 30.0, host: str = "127.0.0.1", span_s: float | None = None,
+                 loop: bool = False, start_after_ns: int | None = None) -> None:
         self.data_path = Path(data_path)
         self.bases = list(dict.fromkeys(_base(s) for s in symbols))
         self.markets = list(markets)
         self.depth, self.play_mode, self.subscribe_timeout_s = depth, play, subscribe_timeout_s
+        clock = math.inf if speed is None else speed  # paced: the lockstep releases, not the clock
         self.binance = BinanceReplayServer(
-            self.data_path, {m: [_MARKETS[m][1](b) for b in self.bases] for m in self.markets}, speed=speed, host=host)
-        self.jetstream = (JetstreamReplayServer(self.data_path, speed=social_speed or speed, host=host)
+            self.data_path, {m: [_MARKETS[m][1](b) for b in self.bases] for m in self.markets}, speed=clock, host=host)
+        self.jetstream = (JetstreamReplayServer(self.data_path, speed=social_speed or clock, host=host)
                           if social else None)
+        self.lockstep = (Lockstep(self.binance, self.jetstream, span_s=span_s, loop=loop, start_after_ns=start_after_ns)
+                         if speed is None else None)
+        if self.lockstep is not None:
+            self.binance.pace_handler = self.lockstep.handle
         self._starter: asyncio.Task[None] | None = None
 
     async def start(self) -> "ReplayCluster":
@@ -84,6 +97,8 @@ class ReplayCluster:
         return self
 
     async def stop(self) -> None:
+        if self.lockstep is not None:
+            await self.lockstep.stop()
         if self._starter is not None:
             self._starter.cancel()
             with contextlib.suppress(BaseException):
@@ -99,7 +114,10 @@ class ReplayCluster:
         await self.stop()
 
     def play(self) -> None:
-        """Start every replay clock now (idempotent)."""
+        """Start every replay clock now, or the lockstep when paced (idempotent)."""
+        if self.lockstep is not None:
+            self.lockstep.start()
+            return
         self.binance.play()
         if self.jetstream is not None:
             self.jetstream.play()
@@ -133,7 +151,21 @@ class ReplayCluster:
             update["jetstream_url"] = self.jetstream.url
         return base.model_copy(update=update)
 
+    @property
+    def pace_url(self) -> str | None:
+        """Where the paced client acknowledges frames (``daemon.replay.lockstep``); None unless paced."""
+        return self.binance.pace_url if self.lockstep is not None else None
+
+    @property
+    def finished(self) -> bool:
+        if self.lockstep is not None:
+            return self.lockstep.finished.is_set()
+        return self.binance.finished.is_set() and (self.jetstream is None or self.jetstream.finished.is_set())
+
     async def wait_finished(self, timeout: float | None = None) -> None:
         """Until every recording has been played to the end."""
+        if self.lockstep is not None:
+            await asyncio.wait_for(self.lockstep.finished.wait(), timeout)
+            return
         waits = [self.binance.finished.wait()] + ([self.jetstream.finished.wait()] if self.jetstream else [])
         await asyncio.wait_for(asyncio.gather(*waits), timeout)

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -75,6 +75,7 @@ class BinanceReplayServer:
         self._changed = asyncio.Condition()
         self._server: Server | None = None
         self._players: list[asyncio.Task[None]] = []
+        self.pace_handler: Callable[[ServerConnection], Awaitable[None]] | None = None
 
     # lifecycle ---------------------------------------------------------------------------
     async def start(self) -> "BinanceReplayServer":
@@ -123,6 +124,10 @@ class BinanceReplayServer:
     @property
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
+
+    @property
+    def pace_url(self) -> str:
+        return f"{self.url}/pace"
 
     @property
     def rest_url(self) -> str:
@@ -175,17 +180,23 @@ class BinanceReplayServer:
         return len(self._outboxes)
 
     # internals -------------------------------------------------------------------------------
-    async def _play(self, cap: Capture) -> None:
+    async def release(self, cap: Capture, stream: str, payload: bytes) -> int:
+        """Play one recorded line now: to every subscriber of its stream (how many is returned)."""
+        key = (cap.market, stream)
+        self.cursors[key] += 1
         book = self.books.get((cap.market, cap.symbol))
+        if book is not None and stream.endswith("@depth"):
+            book.apply(payload)
+        subs = list(self._subs.get(key, ()))
+        for ob in subs:
+            await ob.put(payload)
+        return len(subs)
+
+    async def _play(self, cap: Capture) -> None:
         try:
             for ts, stream, payload in cap.lines():
                 await self.pacer.wait_due(ts)
-                key = (cap.market, stream)
-                self.cursors[key] += 1
-                if book is not None and stream.endswith("@depth"):
-                    book.apply(payload)
-                for ob in list(self._subs.get(key, ())):
-                    await ob.put(payload)
+                await self.release(cap, stream, payload)
         except ReplayError as e:
             # the players' results are gathered only to set ``finished``: say it here, loudly
             log.error("replay.binance.refused", market=cap.market, symbol=cap.symbol, error=str(e))
@@ -199,6 +210,9 @@ class BinanceReplayServer:
     async def _handle(self, ws: ServerConnection) -> None:
         parts = [p for p in urlsplit(ws.request.path if ws.request else "/").path.split("/") if p]
         market = parts[0] if parts else ""
+        if market == "pace" and self.pace_handler is not None:
+            await self.pace_handler(ws)  # the paced client's acknowledgements (``daemon.replay.lockstep``)
+            return
         if market not in self.symbols:
             await ws.close(1008, f"unknown market {market!r}; use /{'|'.join(self.symbols)}/...")
             return

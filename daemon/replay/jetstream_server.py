@@ -30,7 +30,7 @@ DEFAULT_FILE = "jetstream_v1_2026-07-04.jsonl"
 
 
 @dataclass(frozen=True)
-class _Line:
+class Line:
     time_us: int
     pace_us: int  # running max of time_us up to this line
     did: str
@@ -44,7 +44,7 @@ class _Filter:
     collections: tuple[str, ...]
     dids: frozenset[str]
 
-    def wants(self, line: _Line) -> bool:
+    def wants(self, line: Line) -> bool:
         if self.dids and line.did not in self.dids:
             return False
         if line.kind != "commit" or not self.collections:
@@ -78,7 +78,7 @@ class JetstreamReplayServer:
         self.requests: list[str] = []  # the path and query of every connection, oldest first
 
     @staticmethod
-    def _load(path: Path) -> list[_Line]:
+    def _load(path: Path) -> list[Line]:
         out, pace = [], 0
         with path.open("rb") as fh:  # 152 lines, 84 kB: small enough to hold
             for raw in fh:
@@ -90,7 +90,7 @@ class JetstreamReplayServer:
                 t = int(d["time_us"])
                 pace = max(pace, t)
                 commit = d.get("commit") or {}
-                out.append(_Line(t, pace, str(d.get("did", "")), str(d.get("kind", "")),
+                out.append(Line(t, pace, str(d.get("did", "")), str(d.get("kind", "")),
                                  commit.get("collection"), raw))
         if not out:
             raise ReplayError(f"empty Jetstream capture {path}")
@@ -162,13 +162,19 @@ class JetstreamReplayServer:
         return len(self._subs)
 
     # internals -------------------------------------------------------------------------------
+    async def release(self, line: Line, raw: bytes | None = None) -> int:
+        """Play one line now (as ``raw`` when given: a time-shifted copy) to every connection whose
+        filter wants it; how many is returned."""
+        self.position += 1
+        subs = [outbox for outbox, flt in list(self._subs.values()) if flt.wants(line)]
+        for outbox in subs:
+            await outbox.put(line.raw if raw is None else raw)
+        return len(subs)
+
     async def _play(self) -> None:
         for line in self.lines:
             await self.pacer.wait_due(line.pace_us * 1000)
-            self.position += 1
-            for outbox, flt in list(self._subs.values()):
-                if flt.wants(line):
-                    await outbox.put(line.raw)
+            await self.release(line)
         self.finished.set()
         log.info("replay.jetstream.finished", lines=self.position)
 
@@ -181,7 +187,7 @@ class JetstreamReplayServer:
         cursor = query.get("cursor", [None])[-1]
         # catch-up and registration happen without an await in between, so no live line can
         # slip between the two or arrive twice
-        backlog: list[_Line] = []
+        backlog: list[Line] = []
         if cursor is not None:
             try:
                 c = int(cursor)

@@ -118,9 +118,16 @@ def binance_frame_problem(msg: Any) -> str | None:
     return None
 
 
-def guard_client(client: Any, on_bad: BadFrame, validate: Callable[[Any], str | None] | None) -> None:
+def is_reply(msg: Any) -> bool:
+    """A reply to one of our own requests (subscribe, list), not market data."""
+    return isinstance(msg, dict) and "stream" not in msg and ("result" in msg or "id" in msg)
+
+
+def guard_client(client: Any, on_bad: BadFrame, validate: Callable[[Any], str | None] | None,
+                 on_data: Callable[[], None] | None = None) -> None:
     """Replace ``client.handle_text_or_binary_message`` (ccxt's per-frame entry point) with a
-    version that never raises: undecodable, invalid or parser-crashing frames go to ``on_bad``."""
+    version that never raises: undecodable, invalid or parser-crashing frames go to ``on_bad``.
+    ``on_data`` is called for every frame that is not a reply, before ccxt sees it."""
     if getattr(client, "_eigenloop_guarded", False):
         return
 
@@ -131,8 +138,12 @@ def guard_client(client: Any, on_bad: BadFrame, validate: Callable[[Any], str | 
                 data = data.decode()
             decoded = _loads(data) if is_json_encoded_object(data) else data
         except Exception as e:
+            if on_data is not None:
+                on_data()
             on_bad(raw, f"undecodable frame: {e}", type(e).__name__)
             return
+        if on_data is not None and not is_reply(decoded):
+            on_data()
         problem = validate(decoded) if validate is not None else None
         if problem is not None:
             on_bad(raw, problem, "MalformedInput")
@@ -146,14 +157,14 @@ def guard_client(client: Any, on_bad: BadFrame, validate: Callable[[Any], str | 
     client._eigenloop_guarded = True
 
 
-def install_guard(ex: Any, on_bad: BadFrame) -> None:
+def install_guard(ex: Any, on_bad: BadFrame, on_data: Callable[[], None] | None = None) -> None:
     """Guard every websocket client ``ex`` creates from now on."""
     validate = binance_frame_problem if ex.id.startswith("binance") else None
     original = ex.client
 
     def client(url: str) -> Any:
         c = original(url)
-        guard_client(c, on_bad, validate)
+        guard_client(c, on_bad, validate, on_data)
         return c
 
     ex.client = client  # instance attribute: ccxt's own calls to self.client() find it first

@@ -53,6 +53,8 @@ class StreamState:
     failed: bool = False
     urls: set[str] = field(default_factory=set)  # the websocket URLs its watch calls use
     seen_losses: int = 0  # connection losses on those URLs already accounted for
+    parked: bool = False  # waiting inside a watch call for ccxt's next frame
+    handled: int = 0  # watch results handled (each frame one, when frames come one at a time)
 
 
 @dataclass
@@ -88,7 +90,9 @@ class MarketSource:
     of the raw payload. Neither stops a stream.
 
     Timestamps: ``ts_event`` is the exchange's time. Records without one (the spot bookTicker)
-    get the newest exchange time seen on that exchange, or the local time before any.
+    get the newest exchange time seen on that exchange; a book ticker that comes before any
+    exchange time is known is counted as skipped (``reason="no exchange time yet"``), not given
+    the local clock's time, which in a replay lies years away from the market's.
 
     Cancellation: ``stop()`` cancels every stream task, including a ``sink`` call in progress,
     then closes the exchanges' connections. ``start()`` after ``stop()`` is not supported.
@@ -116,6 +120,10 @@ class MarketSource:
         self._xs: list[_Exchange] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._dlq: asyncio.Queue[DeadLetter] = asyncio.Queue(10_000)
+        # a loop-paced replay (``daemon.pace``) reads these to tell when every frame is handled
+        self.frames_in = 0
+        self.frames_bad = 0
+        self.on_progress: Callable[[], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: SourcesSettings, sink: Sink, **kw: Any) -> "MarketSource":
@@ -131,7 +139,8 @@ class MarketSource:
             ex = make_exchange(cfg.name, cfg.symbols, ws_url=cfg.ws_url, rest_url=cfg.rest_url,
                                trades_limit=self.trades_limit, options=self.exchange_options.get(cfg.name))
             x = _Exchange(ex=ex, settings=cfg)
-            install_guard(ex, lambda raw, reason, etype, _x=x: self._bad_frame(_x, raw, reason, etype))
+            install_guard(ex, lambda raw, reason, etype, _x=x: self._bad_frame(_x, raw, reason, etype),
+                          on_data=self._frame_in)
             install_drop_tracking(ex, x.losses)
             self._xs.append(x)
             for symbol in cfg.symbols:
@@ -154,6 +163,20 @@ class MarketSource:
             with contextlib.suppress(Exception):
                 await x.ex.close()
         log.info("market.stopped")
+
+    def _frame_in(self) -> None:
+        self.frames_in += 1
+
+    def _progress(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
+
+    def quiescent(self) -> bool:
+        """Every data frame received so far is handled and every stream waits for the next one.
+        Exact only while frames arrive one at a time (a paced replay): ccxt collapses book
+        tickers that arrive faster than a stream reads them."""
+        handled = sum(st.handled for st in self.states) + self.frames_bad
+        return self.frames_in <= handled and all(st.parked or st.failed for st in self.states)
 
     def streams_up(self) -> dict[str, bool]:
         """``exchange:symbol:channel`` -> up: it has delivered since its last (re)connect."""
@@ -183,15 +206,19 @@ class MarketSource:
         fresh = True  # the next book is the first after a (re)subscribe
         while True:
             try:
+                st.parked = True
+                self._progress()  # seen after this task is suspended in ccxt's watch
                 result = await self._watch(x, st)
             except asyncio.CancelledError:
                 raise
             except _FATAL as e:
-                st.up, st.failed, st.error = False, True, f"{type(e).__name__}: {e}"
+                st.up, st.failed, st.error, st.parked = False, True, f"{type(e).__name__}: {e}", False
+                self._progress()
                 log.error("market.stream_failed", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
                           error=st.error)
                 return
             except Exception as e:  # ccxt NetworkError and friends, parser bugs: reconnect
+                st.parked = False
                 attempt += 1
                 st.error = f"{type(e).__name__}: {e}"[:500]
                 st.seen_losses = self._losses(x, st)
@@ -220,9 +247,10 @@ class MarketSource:
                 log.warning("market.stream_redialled", exchange=st.exchange, symbol=st.symbol, channel=st.channel)
                 await self._gap(x, st, "connection lost between reads; ccxt dialled again", 1)
                 fresh = True
-            st.up, attempt = True, 0
+            st.up, attempt, st.parked = True, 0, False
             try:
                 await self._emit(x, st, result, fresh)
+                st.handled += 1
             except Exception as e:  # from the sink: not ours to retry
                 st.up, st.failed, st.error = False, True, f"sink: {type(e).__name__}: {e}"
                 log.error("market.sink_failed", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
@@ -281,11 +309,15 @@ class MarketSource:
         elif st.channel == "bids_asks":
             for sym, tk in result.items():
                 info = tk.get("info") or {}
+                # no time of its own and none from this exchange yet: the local clock would put a
+                # replayed ticker years off the market's time (and its event-time watermark)
+                untimed = not isinstance(tk.get("timestamp"), (int, float)) and not x.clock_ms
                 await self._record(st, info, source, lambda: BookTicker(
                     exchange=x.ex.id, symbol=sym, bid_price=float(tk["bid"]), bid_qty=float(tk["bidVolume"]),
                     ask_price=float(tk["ask"]), ask_qty=float(tk["askVolume"]),
                     update_id=int(info["u"]) if info.get("u") is not None else None,
-                    ts_event=self._ts(x, tk.get("timestamp")), ts_ingest=now, source=source, key=sym))
+                    ts_event=0 if untimed else self._ts(x, tk.get("timestamp")), ts_ingest=now, source=source,
+                    key=sym), skip="no exchange time yet" if untimed else None)
         else:
             n = self.book_levels
             await self._record(st, None, source, lambda: DepthUpdate(
@@ -295,7 +327,10 @@ class MarketSource:
                 update_id=result.get("nonce"), ts_event=self._ts(x, result.get("timestamp")),
                 ts_ingest=now, source=source, key=st.symbol))
 
-    async def _record(self, st: StreamState, raw: Any, source: str, build: Callable[[], Event]) -> None:
+    async def _record(self, st: StreamState, raw: Any, source: str, build: Callable[[], Event],
+                      skip: str | None = None) -> None:
+        """Build and send one record; a malformed one is dead-lettered, a valid one with a
+        ``skip`` reason only counted."""
         try:
             event = build()
         except (ValidationError, TypeError, ValueError, KeyError) as e:
@@ -305,6 +340,9 @@ class MarketSource:
                 reason=f"{st.channel} record failed validation: {e}"[:1000], error_type=type(e).__name__,
                 source=source, key=st.symbol))
             return
+        if skip is not None:
+            metrics.SKIPPED.labels(source=source, reason=skip).inc()
+            return
         await self._send(event, st)
 
     # dead letters --------------------------------------------------------------------------
@@ -312,6 +350,8 @@ class MarketSource:
         # called synchronously from ccxt's receive loop: count and queue, never block or raise
         syms = x.settings.symbols
         source = self._label(x, syms[0]) if syms else x.ex.id
+        self.frames_bad += 1
+        self._progress()
         metrics.MALFORMED.labels(source=source).inc()
         log.warning("market.malformed_frame", source=source, reason=reason)
         self._queue_dead(DeadLetter.from_input(raw if isinstance(raw, (str, bytes)) else repr(raw),

@@ -81,6 +81,10 @@ class JetstreamSource:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._ws: Any = None
+        # a loop-paced replay (``daemon.pace``) reads these to tell when every frame is handled
+        self.frames_in = 0
+        self.frames_done = 0
+        self.on_progress: Callable[[], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: SourcesSettings, sink: Sink, **kw: Any) -> "JetstreamSource":
@@ -97,6 +101,9 @@ class JetstreamSource:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+
+    def quiescent(self) -> bool:
+        return self.frames_done >= self.frames_in
 
     def streams_up(self) -> dict[str, bool]:
         """The one stream -> up: its websocket is connected."""
@@ -133,7 +140,13 @@ class JetstreamSource:
                         log.info("social.stream_up", after_attempts=attempt, cursor=self.state.cursor)
                     self.state.up, attempt = True, 0
                     async for frame in ws:
-                        await self._on_frame(frame)
+                        self.frames_in += 1
+                        try:
+                            await self._on_frame(frame)
+                        finally:
+                            self.frames_done += 1
+                            if self.on_progress is not None:
+                                self.on_progress()
                 raise ConnectionError("closed by the server")
             except asyncio.CancelledError:
                 raise

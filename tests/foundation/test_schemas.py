@@ -20,6 +20,7 @@ def samples() -> list[s.Event]:
         s.DepthUpdate(exchange="binance", symbol="BTC/USDT", bids=[(1.0, 2.0), (0.9, 1.0)], asks=[(1.1, 3.0)],
                       is_snapshot=True),
         s.StreamGap(exchange="binance", symbol="BTC/USDT", stream="trades", reason="closed 1006", gap_start_ns=5),
+        s.MarketWatermark(exchange="binance", symbol="BTC/USDT", reason="end of replay"),
         s.SocialPost(did="did:plc:x", uri="at://did:plc:x/app.bsky.feed.post/1", text="héllo ✓", langs=["en"],
                      time_us=1),
         s.SocialEngagement(did="did:plc:y", kind="repost", subject_uri="at://did:plc:x/app.bsky.feed.post/1",

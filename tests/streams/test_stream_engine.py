@@ -169,3 +169,28 @@ def test_malformed_and_out_of_schema_input_is_dead_lettered():
     (dl,) = eng.route_action(encode(g), topic="t.agent.actions")
     assert decode(dl.value).error_type == "OutOfSchema" and isinstance(decode(dl.value).raw, str)
     assert Outcome  # imported for type clarity in failures
+
+
+def test_without_idle_closing_a_watermark_closes_the_last_groups_in_event_time(shared_data):
+    from schemas import MarketWatermark
+
+    actions = make_actions(market_events(shared_data, seconds=20))
+    events = market_events(shared_data, seconds=15)  # the data ends inside the last horizons
+    actions = [a for a in actions if a.ts_event <= events[-1].ts_event]
+    reward, groups = RewardConfig(), GroupConfig(group_size=4, grace_s=1.0)
+    eng = _engine(reward, groups, idle_close=False)
+    out = _run(eng, events, actions)
+    # a paced replay's input pauses while the loop works: wall time must close nothing
+    assert eng.idle_due(events[-1].ts_event + 3600 * S) == []
+    assert eng.pending  # the groups whose horizons outlast the data are still open
+    last = events[-1]
+    wm = MarketWatermark(exchange=last.exchange, symbol=last.symbol, ts_event=last.ts_event + 10 * S,
+                         reason="end of replay")
+    out += eng.on_market(encode(wm), topic="market.events", offset=len(events), wall_ns=last.ts_event)
+    got_g = [decode(e.value) for e in out if e.topic == "learn.groups"]
+    _, want_g = expected(events, actions, reward, groups)
+    assert sorted(g.group_id for g in got_g) == sorted(want_g)
+    for g in got_g:
+        assert comparable(g) == comparable(want_g[g.group_id]), g.group_id
+        assert g.close_reason == "all_in"
+    assert not eng.pending and not eng.agenda
