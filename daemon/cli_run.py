@@ -147,9 +147,9 @@ async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | Non
     The signal handlers come first: a stop while the broker starts or the model bootstraps stops
     what was started so far (before, those stages died with the signal and left the broker up)."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    event_loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        event_loop.add_signal_handler(sig, stop.set)
     started = Started(Path(s.data_dir).resolve())
     try:
         await _start_and_watch(s, started, stop, live=live, replay_path=replay_path, speed=speed,
@@ -251,7 +251,7 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
 
     t0 = time.monotonic()
     next_line = t0 + status_every
-    summarised = -1  # the last pass whose summary was printed
+    summarised = 0  # passes whose summary was printed
     st = None
     while not stop.is_set():
         try:
@@ -265,15 +265,15 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
             restarts = {c.name: c.restarts for c in sup.children if c.restarts}
             typer.echo(status_line(now - t0, st, sup.alive(), restarts))
         replay = (st or {}).get("replay") or {}
-        if replay.get("drained") and replay.get("pass", 0) > summarised:
-            summarised = replay.get("pass", 0)
+        if replay.get("drained_passes", 0) > summarised:
+            summarised = replay["drained_passes"]
             save_replay_high_water(data_dir, started.cluster)
-            print_summary(st, f"pass {summarised} of the replay is over", s)
+            print_summary(st, "the replay is over" if not loop else f"pass {summarised} of the replay is over", s)
             typer.echo("[run] the next pass follows, time-shifted (--loop)" if loop else
                        "[run] still serving (the daemon stays up, waiting for data); Ctrl-C stops everything")
         if duration and now - t0 >= duration:
             break
-    if summarised < 0:
+    if not summarised or loop:  # a loop stopped mid-pass: the latest figures
         st = await asyncio.to_thread(_daemon_status, s.http.port) or st
         if st:
             print_summary(st, "stopping before the replay was over" if not live else "stopping", s)

@@ -22,6 +22,7 @@ from schemas import Action, GRPOGroup
 from schemas.settings import RewardConfig
 from streams.rewards import BookPath
 
+MAX_ROWS = 100_000
 
 @dataclass
 class Decision:
@@ -42,6 +43,8 @@ class RunLedger:
     def opened(self, actions: list[Action]) -> None:
         a = actions[0]
         self._open[a.group_id] = Decision(a.symbol, a.ts_event, round(self.horizon_s * 1e9))
+        if len(self._open) > MAX_ROWS:  # groups that never came (lost, or a live run's tail)
+            del self._open[next(iter(self._open))]
 
     def applied(self, group: GRPOGroup) -> None:
         d = self._open.pop(group.group_id, None)
@@ -57,10 +60,12 @@ class RunLedger:
                           "learned": sum(group.rewards) / len(group.rewards),
                           "random": sum(fills.values()) / len(fills), "flat": fills["flat"],
                           "spread": max(group.rewards) - min(group.rewards)})
+        del self.rows[:-MAX_ROWS]  # always-on (--loop, live): the summary covers the latest decisions
 
     def probed(self, probe: dict[str, Any] | None) -> None:
         if probe is not None and (not self.probes or self.probes[-1]["policy_version"] != probe["policy_version"]):
             self.probes.append(probe)
+            del self.probes[1:-MAX_ROWS]  # the first probe stays: the summary compares against it
 
     def summary(self) -> dict[str, Any]:
         rows = self.rows

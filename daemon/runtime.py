@@ -104,6 +104,7 @@ class Daemon:
         self.replay_ended = False
         self.curve: str | None = None
         self.settle_timeouts = 0
+        self.drained_passes = 0  # passes whose every group is applied (their summary is ready)
         self.valid_actions = 0
         self.actions_out = 0
 
@@ -272,7 +273,7 @@ class Daemon:
 
     def _pass_begins(self, k: int) -> None:
         self.replay_ended, self.curve = False, None
-        log.info("replay pass begins", pass_no=k)
+        log.info("replay pass begins", lap=k)
 
     async def _end_of_replay(self, lines: int) -> None:
         """The finite replay is over: a watermark per symbol past every horizon closes the last
@@ -298,6 +299,7 @@ class Daemon:
         self.ledger.probed(self.learner.side_probe)
         path = await asyncio.to_thread(self.ledger.write_curve, curve_path(self.s.data_dir))
         self.curve = str(path) if path else None
+        self.drained_passes += 1
         log.info("replay drained", groups=self.learner.groups_applied, policy_version=self.policy.policy_version,
                  curve=self.curve)
 
@@ -308,7 +310,8 @@ class Daemon:
                 "link_up": self.pace.connected,
                 "ended": self.replay_ended, "open_groups": self.due.open_count, "due_groups": len(self.due.due),
                 "held_groups": len(self.learner.held), "settle_timeouts": self.settle_timeouts,
-                "drained": self.replay_ended and self.due.settled() and self.curve is not None}
+                "drained": self.replay_ended and self.due.settled() and self.curve is not None,
+                "drained_passes": self.drained_passes}
 
     async def on_dead_letter(self, dl: DeadLetter) -> None:
         await self._send("deadletter", dl)

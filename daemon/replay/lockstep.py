@@ -165,7 +165,7 @@ class Lockstep:
                 self.passes += 1
                 await self._wait_acked()
                 await self._say(f"pass {k}")
-                log.info("replay.pass_begins", pass_no=k, shift_s=shift_ms / 1000)
+                log.info("replay.pass_begins", lap=k, shift_s=shift_ms / 1000)
                 start = self.released
                 for ts, release in self.merged(shift_ms, k * TRADE_ID_STEP):
                     await self._wait_acked()  # the previous line handled, and a client there
@@ -173,7 +173,7 @@ class Lockstep:
                     self.high_water_ns = ts if self.high_water_ns is None else max(self.high_water_ns, ts)
                     self.released += await release()
                 await self._wait_acked()
-                log.info("replay.pass_finished", pass_no=k, lines=self.lines, released=self.released)
+                log.info("replay.pass_finished", lap=k, lines=self.lines, released=self.released)
                 await self._say(f"end {self.released - start}")
                 if not self.loop:
                     break
