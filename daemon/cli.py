@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from schemas.settings import Settings, SettingsError, load_settings
+from schemas.settings import Settings, SettingsError, load_settings, unknown_env_warnings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="eigenloop: an always-on daemon that learns continuously from its own actions.")
@@ -33,6 +33,10 @@ def settings() -> Settings:
             _state["settings"] = load_settings(_state.get("config"))  # type: ignore[arg-type]
         except SettingsError as e:
             raise fail(str(e))
+        # a warning, not a failure: a stray variable in a shared environment (a CI runner, a pod
+        # with injected env) must not stop a daemon, but a misspelt one must not pass unseen
+        for line in unknown_env_warnings():
+            typer.echo(line, err=True)
     return _state["settings"]  # type: ignore[return-value]
 
 

@@ -92,21 +92,51 @@ def register(app: typer.Typer) -> None:
 
 
 def _http(method: str, path: str, timeout: float = 120.0, body: dict | None = None) -> dict:
+    """Call the running daemon; non-GET calls carry the admin token (``resolve_admin_token``:
+    the configured one, else the file the daemon wrote). Raises ConfigError when there is no
+    token to send, urllib's HTTPError when the daemon refused, URLError/OSError when none answered."""
+    from daemon.http import resolve_admin_token
+
     s = _settings()
     url = f"http://{s.http.host}:{s.http.port}{path}"
+    headers = {"Content-Type": "application/json"}
+    if method != "GET":
+        headers["Authorization"] = f"Bearer {resolve_admin_token(s)}"
+        body = {} if body is None else body
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, method=method, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+def _refusal(e: urllib.error.HTTPError) -> str:
+    return f"HTTP {e.code}: {e.read().decode(errors='replace')}"
+
+
+def _daemon_answers() -> bool:
+    """Whether a daemon listens (an unhealthy one answers too); for when there is no token to
+    call it with, which only matters if one runs."""
+    try:
+        _http("GET", "/healthz", timeout=5)
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
 
 
 @snapshot_app.command("now")
 def snapshot_now() -> None:
     """Ask the running daemon to write a snapshot now and wait for it (the preStop hook)."""
     from daemon.cli import fail
+    from daemon.errors import ConfigError
 
     try:
         body = _http("POST", "/snapshot")
+    except ConfigError as e:
+        raise fail(str(e))
+    except urllib.error.HTTPError as e:
+        raise fail(f"the daemon refused: {_refusal(e)}")
     except (urllib.error.URLError, OSError) as e:
         raise fail(f"the daemon did not answer on its HTTP port: {e}")
     typer.echo(f"snapshot written: {body['path']}")
@@ -134,39 +164,79 @@ def snapshot_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
 @kill_app.command("on")
 def kill_on() -> None:
-    """Engage: the flag file is written (survives restarts) and the running daemon is told."""
-    s = _settings()
-    flag = s.data_dir / "KILL"
-    flag.parent.mkdir(parents=True, exist_ok=True)
-    flag.write_text("engaged by eigenloop kill-switch on\n")
+    """Engage: the flag file is written durably (survives restarts) and the running daemon is told."""
+    from daemon.cli import fail
+    from daemon.errors import ConfigError
+    from daemon.executors import kill_switch_path, write_flag
+
+    flag = kill_switch_path(_settings())
+    try:
+        write_flag(flag, "eigenloop kill-switch on")
+    except OSError as e:
+        # still stop the running daemon's orders: only the part that survives a restart failed
+        try:
+            _http("POST", "/kill", timeout=5)
+            told = "the running daemon stopped its orders, until it restarts"
+        except (ConfigError, urllib.error.URLError, OSError) as told_error:
+            told = f"and no daemon could be told ({told_error})"
+        raise fail(f"could not write the flag file {flag}: {e}; {told}")
     try:
         _http("POST", "/kill", timeout=5)
         typer.echo(f"kill switch engaged (flag {flag}; daemon told)")
+        return
+    except urllib.error.HTTPError as e:
+        why = _refusal(e)
+    except ConfigError as e:
+        why = str(e)
+        if not _daemon_answers():
+            why = ""
     except (urllib.error.URLError, OSError):
+        why = ""
+    if why:
+        # the flag alone is enough: the daemon reads it before every order
+        typer.echo(f"kill switch engaged (flag {flag}); the daemon was not told ({why}), it stops at its next order")
+    else:
         typer.echo(f"kill switch engaged (flag {flag}; no daemon answered, it will see the flag)")
 
 
 @kill_app.command("off")
 def kill_off() -> None:
-    """Release: remove the flag file and tell the running daemon."""
-    s = _settings()
-    (s.data_dir / "KILL").unlink(missing_ok=True)
+    """Release: tell the running daemon (it removes the flag file), else remove the flag file."""
+    from daemon.cli import fail
+    from daemon.errors import ConfigError
+    from daemon.executors import kill_switch_path, remove_flag
+
+    flag = kill_switch_path(_settings())
+    # the daemon first: removing the flag while a daemon refuses would leave it engaged until a
+    # restart silently releases it
     try:
         _http("DELETE", "/kill", timeout=5)
+    except ConfigError as e:
+        if _daemon_answers():
+            raise fail(f"the kill switch stays engaged: {e}")
+    except urllib.error.HTTPError as e:
+        raise fail(f"the kill switch stays engaged: the daemon refused to release ({_refusal(e)})")
     except (urllib.error.URLError, OSError):
         pass  # no daemon running: removing the flag is all there is to do
+    try:
+        remove_flag(flag)
+    except OSError as e:
+        raise fail(f"could not remove the flag file {flag}: {e}; the kill switch stays engaged")
     typer.echo("kill switch released")
 
 
 @kill_app.command("status")
 def kill_status() -> None:
-    s = _settings()
-    flag = (s.data_dir / "KILL").exists()
+    from daemon.executors import flag_present, kill_switch_path
+
+    flag_file = kill_switch_path(_settings())
+    present = flag_present(flag_file)
+    flag = {True: "present", False: "absent", None: "UNREADABLE (counts as engaged)"}[present]
     try:
         body = _http("GET", "/kill", timeout=5)
-        typer.echo(f"kill switch: {'ENGAGED' if body['engaged'] else 'off'} (daemon), flag file {'present' if flag else 'absent'}")
+        typer.echo(f"kill switch: {'ENGAGED' if body['engaged'] else 'off'} (daemon), flag file {flag_file} {flag}")
     except (urllib.error.URLError, OSError):
-        typer.echo(f"kill switch: flag file {'present' if flag else 'absent'}; no daemon answered")
+        typer.echo(f"kill switch: flag file {flag_file} {flag}; no daemon answered")
 
 
 @learner_app.command("bootstrap")
@@ -197,6 +267,7 @@ def _pin(snapshot: Path, blocks: list[int], reason: str) -> None:
     newest snapshot (written as a new, newer snapshot; the daemon loads it on start)."""
     from daemon import snapshots
     from daemon.cli import fail
+    from daemon.errors import ConfigError
     from learners.snapshot import is_snapshot, pin_blocks
 
     if not is_snapshot(snapshot):
@@ -206,8 +277,11 @@ def _pin(snapshot: Path, blocks: list[int], reason: str) -> None:
         typer.echo(f"pinned blocks {body['blocks']} in the running daemon; policy_version {body['policy_version']}; "
                    f"snapshot {body['snapshot']}")
         return
+    except ConfigError as e:
+        if _daemon_answers():
+            raise fail(str(e))
     except urllib.error.HTTPError as e:
-        raise fail(f"the daemon refused: {e.read().decode(errors='replace')}")
+        raise fail(f"the daemon refused: {_refusal(e)}")
     except (urllib.error.URLError, OSError):
         pass  # no daemon running: work on the snapshots on disk
     s = _settings()
@@ -219,7 +293,11 @@ def _pin(snapshot: Path, blocks: list[int], reason: str) -> None:
     n = len(state.model.blocks)
     if not blocks or any(not 0 <= b < n for b in blocks):
         raise fail(f"blocks {blocks}: the model has blocks 0..{n - 1}")
-    state = pin_blocks(state, snapshot, blocks)
+    try:
+        # the same rule as the daemon's: only snapshots under the snapshot root
+        state = pin_blocks(state, snapshot.resolve(), blocks, root=root)
+    except (ValueError, OSError) as e:
+        raise fail(str(e))
     out = snapshots.write_snapshot(state, root, snapshots.snapshot_offsets(newest),
                                    extra={"pinned_from": str(snapshot), "pinned_blocks": blocks, "reason": reason},
                                    keep=s.learner.keep_snapshots, suffix="-pinned")

@@ -324,6 +324,7 @@ def register(app: typer.Typer) -> None:
         """Everything: broker (unless configured), topics, streams worker, analytics sink, daemon;
         replay of ../shared/data by default. Runs until SIGTERM."""
         from daemon.cli import fail, settings
+        from daemon.errors import ConfigError, ReplayError
         from daemon.kafka_local import BrokerError
 
         s = settings()
@@ -344,5 +345,5 @@ def register(app: typer.Typer) -> None:
                                 symbols=[x.strip() for x in symbols.split(",") if x.strip()], duration=duration,
                                 live_ack=i_understand_live_trading, sink=sink, status_every=status_every,
                                 streams_argv=streams_argv, loop=loop))
-        except (BrokerError, ConfigurationError) as e:
+        except (BrokerError, ConfigurationError, ConfigError, ReplayError) as e:
             raise fail(str(e))

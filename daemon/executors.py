@@ -18,7 +18,7 @@ from daemon import metrics
 from daemon.errors import EigenloopError
 from daemon.logging import get_logger
 from schemas import Action
-from schemas.settings import ExecutorSettings
+from schemas.settings import ExecutorSettings, Settings
 
 log = get_logger("executor")
 
@@ -27,31 +27,103 @@ class LiveTradingRefused(EigenloopError):
     """Live trading needs EIGENLOOP_LIVE_TRADING=1 and --i-understand-live-trading, both."""
 
 
+def kill_switch_path(settings: Settings) -> Path:
+    """The one flag file the daemon, its HTTP route and the CLI all read and write:
+    ``executor.kill_switch_file``, else ``<data_dir>/KILL``; absolute, so a process started from
+    another directory still finds the same file."""
+    configured = settings.executor.kill_switch_file
+    return (configured if configured is not None else Path(settings.data_dir) / "KILL").absolute()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_flag(flag_file: Path, reason: str) -> None:
+    """Create the flag durably: the file and its directory entry are on disk when this returns,
+    so an engaged kill switch survives a crash or a node loss right after it was acknowledged."""
+    flag_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = flag_file.with_name(f".{flag_file.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(f"engaged: {reason}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, flag_file)
+    _fsync_dir(flag_file.parent)
+
+
+def remove_flag(flag_file: Path) -> None:
+    """Remove the flag durably (a release that a restart undid would be a surprise too)."""
+    try:
+        flag_file.unlink()
+    except FileNotFoundError:
+        return
+    _fsync_dir(flag_file.parent)
+
+
+def flag_present(flag_file: Path) -> bool | None:
+    """True: the flag exists; False: it certainly does not; None: it cannot be told (permissions,
+    I/O error, a path component that is not a directory), which callers treat as engaged."""
+    try:
+        os.stat(flag_file)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
 class KillSwitch:
     """Stops new orders at once when engaged: by ``engage()`` (the /kill endpoint) or by the
     flag file existing. The file is checked on every order, so creating it takes effect on the
-    next order attempt, well within a second."""
+    next order attempt, well within a second. It fails closed: a flag file whose state cannot be
+    read counts as engaged, and an engage that cannot be persisted still stops orders here."""
 
     def __init__(self, flag_file: Path):
         self.flag_file = Path(flag_file)
         self._engaged = False
         self.reason = ""
 
-    def engage(self, reason: str = "http") -> None:
+    def _latch(self, reason: str) -> None:
         self._engaged = True
         self.reason = reason
         metrics.KILL_SWITCH.set(1)
         log.warning("kill switch engaged", reason=reason)
 
+    def engage(self, reason: str = "http") -> None:
+        """Stop orders now, then persist the flag; raises OSError when it cannot be persisted
+        (orders stay stopped in this process, but a restart would not know)."""
+        self._latch(reason)
+        write_flag(self.flag_file, reason)
+
     def release(self) -> None:
+        """Remove the flag, then let orders go; raises OSError (and stays engaged) when the flag
+        cannot be removed, since the next restart would engage again anyway."""
+        remove_flag(self.flag_file)
         self._engaged = False
-        self.flag_file.unlink(missing_ok=True)
+        self.reason = ""
         metrics.KILL_SWITCH.set(0)
+        log.warning("kill switch released")
 
     @property
     def engaged(self) -> bool:
-        if not self._engaged and self.flag_file.exists():
-            self.engage(f"flag file {self.flag_file}")
+        if self._engaged:
+            return True
+        present = flag_present(self.flag_file)
+        if present is None:
+            # not latched: the next order reads the flag again and trades once it is readable
+            self.reason = f"flag file {self.flag_file} unreadable (failing closed)"
+            metrics.KILL_SWITCH.set(1)
+            return True
+        if present:
+            self._latch(f"flag file {self.flag_file}")
+        elif self.reason:
+            self.reason = ""  # an unreadable spell that is over
+            metrics.KILL_SWITCH.set(0)
         return self._engaged
 
 

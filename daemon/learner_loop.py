@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon import metrics, snapshots
@@ -32,7 +32,7 @@ from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
 from daemon.side_probe import export_side_probe
 from learners.core import block_checksum
-from schemas import GRPOGroup, SnapshotMarker
+from schemas import GRPOGroup, SnapshotMarker, encode
 from schemas.settings import Settings
 
 log = get_logger("learner")
@@ -181,7 +181,7 @@ class LearnerLoop:
             metrics.GROUPS_DROPPED.inc(dropped)
             log.warning("learner behind: groups dropped", dropped=dropped, mode=self.s.learner.backpressure)
         for batch in batches:
-            await self.apply(batch)
+            await self.apply(batch, [offset_of[id(g)] for g in batch])
             self.next_offset = max(self.next_offset, min(self._held_floor(), offset_of[id(batch[-1])] + 1))
             await self._after_guard()
         self._read_offset = last_offset + 1
@@ -202,19 +202,25 @@ class LearnerLoop:
         if self.order is None:
             return
         while (gid := self.order.head()) is not None and gid in self.held:
-            _, group = self.held.pop(gid)
+            offset, group = self.held.pop(gid)
             self.recent.add(gid)
-            await self.apply([group])
+            await self.apply([group], [offset])
             self.order.applied(gid)
             self.next_offset = self._held_floor()
             await self._after_guard()
 
-    async def apply(self, batch: list[GRPOGroup]) -> None:
+    async def apply(self, batch: list[GRPOGroup], offsets: Sequence[int] | None = None) -> None:
+        """Learn from ``batch`` (one update); ``offsets`` are its records' offsets in learn.groups."""
         group = coalesce(batch)
         for g in batch:
             metrics.GROUPS_IN.labels(g.status).inc()
         updates, seconds = await self.policy.apply(group)
         metrics.STEP_SECONDS.observe(seconds)
+        # only this loop steps the model, so the state still describes the step it just took
+        refusal = self.policy.state.last_refusal
+        if refusal is not None:
+            await self._refused(batch, offsets, refusal)
+            return
         for u in updates:
             self.block_checksums[u.block] = u.checksum
             if len(batch) > 1:
@@ -247,6 +253,22 @@ class LearnerLoop:
             await asyncio.to_thread(self.refresh_side_probe)
             if self.on_probe is not None:
                 self.on_probe(self.side_probe)
+
+    async def _refused(self, batch: list[GRPOGroup], offsets: Sequence[int] | None, reason: str) -> None:
+        """The step was refused (advantages, loss or gradients not finite) and changed nothing:
+        its groups go to the dead-letter topic with the reason, and neither the guard nor the run
+        ledger sees them, since nothing was learned from them."""
+        metrics.REFUSED_STEPS.inc()
+        log.error("learner step refused; groups dead-lettered", groups=[g.group_id for g in batch], reason=reason)
+        for i, g in enumerate(batch):
+            offset = offsets[i] if offsets is not None else -1
+            # the group as read from learn.groups (encoding is deterministic), at its coordinates,
+            # so a dead letter written again after a crash has the same id
+            raw = encode(g)
+            rec = ConsumerRecord(self.groups_topic, 0, offset, g.ts_event // 1_000_000, 0, None, raw, None, -1,
+                                 len(raw), ())
+            await self.dead_letter(rec, f"learner refused the step: {reason}", "NonFiniteStep")
+            metrics.DEAD_LETTERS.labels("learner").inc()
 
     def refresh_side_probe(self) -> dict | None:
         """The exact side probe on the fixed prompts, exported as metrics (``daemon.side_probe``)."""

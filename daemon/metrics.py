@@ -16,6 +16,8 @@ LEARNER_LAG = Gauge("eigenloop_learner_lag_groups", "Groups in learn.groups not 
 REWARD_EWMA = Gauge("eigenloop_reward_ewma", "Exponentially weighted mean reward of applied groups")
 GROUP_TO_WEIGHTS = Histogram("eigenloop_group_to_weights_seconds", "From a group's close to its weights applied",
                              buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+REFUSED_STEPS = Counter("eigenloop_learner_refused_steps_total",
+                        "Learner steps refused for non-finite advantages, loss or gradients (groups dead-lettered)")
 STEP_SECONDS = Histogram("eigenloop_learner_step_seconds", "Compute time of one learner step",
                          buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
 SNAPSHOTS = Counter("eigenloop_snapshots_total", "Snapshots written")

@@ -17,10 +17,10 @@ from daemon.actor import Actor
 from daemon.context import ContextWindow
 from daemon.due_groups import DueGroups
 from daemon.eventlog import EventProducer
-from daemon.executors import KillSwitch, LiveExecutor, PaperExecutor
-from daemon.http import HttpServer
+from daemon.executors import KillSwitch, LiveExecutor, PaperExecutor, kill_switch_path
+from daemon.http import HttpServer, resolve_admin_token
 from daemon.learner_loop import LearnerLoop
-from daemon.logging import get_logger
+from daemon.logging import get_logger, register_secret
 from daemon.pace import PaceLink
 from daemon.policy import ResidentPolicy
 from daemon.run_summary import RunLedger, curve_path
@@ -83,8 +83,7 @@ class Daemon:
         self.exchanges = exchanges if exchanges is not None else settings.sources.exchanges
         self.jetstream_url = jetstream_url
         self.context = ContextWindow()
-        self.kill = KillSwitch(settings.data_dir / "KILL" if settings.executor.kill_switch_file == Path(".eigenloop/KILL")
-                               else settings.executor.kill_switch_file)
+        self.kill = KillSwitch(kill_switch_path(settings))
         if settings.executor.mode == "live":
             self.executor: Any = LiveExecutor.create(settings.executor, self.kill, live_exchange,
                                                      acknowledged=live_trading_acknowledged)
@@ -110,6 +109,9 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.s
+        # first: an unreadable admin_token_file should fail the start before minutes of model loading
+        token = resolve_admin_token(s, generate=True)
+        register_secret(token)
         state, snap = await asyncio.to_thread(load_or_bootstrap, s)
         self.policy = ResidentPolicy(state, s.actor.temperature, s.actor.top_p)
         self.loaded_snapshot = snap
@@ -161,11 +163,12 @@ class Daemon:
             await self.pace.start()
             self.parts.append(self.pace)
         self.http = HttpServer(s.http.host, s.http.port, health=self.health, ready=self.readiness,
-                               kill_switch=self.kill, snapshot=self._snapshot_now, status=self.status,
-                               pin=self.pin)
+                               kill_switch=self.kill, snapshot=self._snapshot_now, admin_token=token,
+                               status=self.status, pin=self.pin)
         self.http_port = await self.http.start()
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
-        log.info("daemon started", http=f"{s.http.host}:{self.http_port}", exchanges=[x.name for x in self.exchanges])
+        log.info("daemon started", http=f"{s.http.host}:{self.http_port}", exchanges=[x.name for x in self.exchanges],
+                 kill_switch_file=str(self.kill.flag_file))
 
     async def _connect_producer(self, patience_s: float = 300.0) -> EventProducer:
         """Wait for the broker (restarts and outages happen) rather than crash at start."""
@@ -330,7 +333,10 @@ class Daemon:
 
     async def pin(self, snapshot: str, blocks: list[int], reason: str) -> dict[str, Any]:
         """Restore ``blocks`` from ``snapshot`` in the running model (per-block rollback), record it
-        as a GuardAction, and snapshot at once so replays start after the intervention."""
+        as a GuardAction, and snapshot at once so replays start after the intervention.
+
+        Only snapshots under this daemon's snapshot root are accepted (the path arrives over
+        HTTP), and a snapshot that fails to load leaves the model as it was (``pin_blocks``)."""
         from learners.snapshot import pin_blocks
         from schemas import GuardAction
 
@@ -339,7 +345,9 @@ class Daemon:
         if bad or not blocks:
             raise ValueError(f"blocks {blocks}: the model has blocks 0..{n_blocks - 1}")  # type: ignore[operator]
         async with self.learner.lock:  # not in the middle of applying a poll's groups
-            state = await asyncio.to_thread(self.policy.with_state, lambda st: pin_blocks(st, snapshot, blocks))
+            root = snapshots.snapshot_root(self.s.data_dir)
+            state = await asyncio.to_thread(self.policy.with_state,
+                                            lambda st: pin_blocks(st, snapshot, blocks, root=root))
             self.policy.replace_state(state)  # type: ignore[arg-type]
             await asyncio.to_thread(self.learner.refresh_checksums)
             event = GuardAction(action="pin_blocks", reason=reason, policy_version=self.policy.policy_version,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,10 @@ class LearnerState:
     rr_cursor: int = 0
     loss_ema: list[float | None] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    refused_steps: int = 0
+    # why the last step changed nothing although it had something to learn (None: it was not
+    # refused); the caller dead-letters such a group (see ``step``)
+    last_refusal: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -194,17 +199,31 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
     ``state.skipped_groups``; they change nothing else unless ``regulariser_only`` says they take
     the regulariser's step (their advantages are zero, so the reward term vanishes exactly).
     Every step that changes weights moves ``policy_version`` by one.
+
+    A step whose advantages, loss or gradients are not finite is refused: it returns no updates,
+    leaves the weights, optimiser moments, RNG and counters as they were (so the model is what it
+    would be had the group never come), counts in ``state.refused_steps`` and says why in
+    ``state.last_refusal``. Replaying the same groups refuses the same step.
     """
+    state.last_refusal = None
+    undo = _Undo.take(state)
+    adv = torch.tensor(group.advantages, dtype=torch.float32, device=state.device)
+    # groups built in code skip the schema's checks, and a float64 past float32's range is finite
+    # in the record but inf here: both are checked on what the loss will actually see
+    if len(group.advantages) != len(group.completions):
+        return _refuse(state, undo, [], f"{len(group.advantages)} advantages for {len(group.completions)} completions")
+    if not bool(torch.isfinite(adv).all()):
+        return _refuse(state, undo, [], "advantages are not finite as float32")
     if not has_signal(group):
         state.skipped_groups += 1
         if not regulariser_only(state.config, group):
             return state, []
         group = group.model_copy(update={"advantages": [0.0] * len(group.completions)})
+        adv = torch.zeros_like(adv)
     cfg, model = state.config, state.model
     blocks = select_blocks(state)
     # the group's rows, and its mirror image's: one batch, one loss per half, one optimiser step
     rows = learning_rows(state, group)
-    adv = torch.tensor(group.advantages, dtype=torch.float32, device=state.device)
     use_ref = state.ref_model if (cfg.beta > 0 or cfg.kl_bootstrap_coef > 0) else None
     before = {b: [p.detach().clone() for p in model.blocks[b].parameters()] for b in blocks}
     mask_state = state.generator.get_state()
@@ -230,6 +249,14 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
             params = list(model.blocks[b].parameters())
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             grad_norms[b] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        # every block is checked before any steps: one non-finite block refuses the whole group
+        bad = [b for b in blocks if not (math.isfinite(float(losses[b].detach())) and math.isfinite(grad_norms[b]))]
+        if bad:
+            detail = ", ".join(f"block {b}: loss {float(losses[b].detach())}, grad norm {grad_norms[b]}" for b in bad)
+            return _refuse(state, undo, blocks, f"non-finite step ({detail})")
+        if it + 1 < cfg.inner_steps:
+            undo.keep(state, before)  # a later inner step may still be refused
+        for b in blocks:
             state.optimizers[b].step()
     state.policy_version += 1
     state.step += 1
@@ -251,6 +278,47 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
             mirrored=rows.halves == 2, likelihood=cfg.likelihood,
         ))
     return state, updates
+
+
+@dataclass
+class _Undo:
+    """What a refused step puts back: everything ``step`` may have moved before its updates."""
+
+    rng: torch.Tensor
+    rr_cursor: int
+    skipped_groups: int
+    params: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    moments: dict[int, dict] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, state: LearnerState) -> "_Undo":
+        return cls(state.generator.get_state(), state.rr_cursor, state.skipped_groups)
+
+    def keep(self, state: LearnerState, params: dict[int, list[torch.Tensor]]) -> None:
+        """The blocks' weights (copies taken before the step) and a copy of their optimiser state,
+        once, before the first optimiser step of a multi-step group; a single-step group is
+        refused before it changes either, so it pays for no copy."""
+        for b, saved in params.items():
+            if b not in self.moments:
+                self.params[b] = saved
+                self.moments[b] = copy.deepcopy(state.optimizers[b].state_dict())
+
+
+def _refuse(state: LearnerState, undo: _Undo, blocks: list[int], reason: str) -> tuple[LearnerState, list]:
+    state.generator.set_state(undo.rng)
+    state.rr_cursor, state.skipped_groups = undo.rr_cursor, undo.skipped_groups
+    with torch.no_grad():
+        for b, saved in undo.params.items():
+            for p, q in zip(state.model.blocks[b].parameters(), saved):
+                p.copy_(q)
+    for b, moments in undo.moments.items():
+        state.optimizers[b].load_state_dict(moments)
+    for b in blocks:
+        for p in state.model.blocks[b].parameters():
+            p.grad = None  # non-finite gradients must not linger where an optimiser could find them
+    state.refused_steps += 1
+    state.last_refusal = reason
+    return state, []
 
 
 def sample(state: LearnerState, prompt: str, *, n: int, seed: int, temperature: float | None = None,

@@ -13,6 +13,7 @@ dict round-trips as JSON, which is where the daemon keeps the Kafka offsets it h
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict
@@ -120,23 +121,64 @@ def load_snapshot(directory: str | os.PathLike, device: str | None = None) -> Le
     return state
 
 
-def pin_blocks(state: LearnerState, snapshot_dir: str | os.PathLike, blocks: list[int]) -> LearnerState:
+SNAPSHOT_FILES = ("state.json", "model.safetensors", "optimizer.safetensors", "ref.safetensors")
+
+
+def snapshot_under(root: str | os.PathLike, snapshot_dir: str | os.PathLike) -> Path:
+    """``snapshot_dir`` resolved, provided it is a snapshot inside ``root`` (a relative path is
+    taken from ``root``); ValueError otherwise. Symlinks are followed before the check, so a link
+    (the directory's or one of its files') that leads out of ``root`` is refused too."""
+    raw = Path(snapshot_dir)
+    if ".." in raw.parts:
+        raise ValueError(f"snapshot path {snapshot_dir}: '..' is not allowed")
+    base = Path(root).resolve()
+    target = (base / raw).resolve()
+    if target == base or not target.is_relative_to(base):
+        raise ValueError(f"snapshot path {snapshot_dir}: not a snapshot under the snapshot root {base}")
+    if not is_snapshot(target):
+        raise ValueError(f"snapshot path {snapshot_dir}: not a snapshot directory (no state.json)")
+    for name in SNAPSHOT_FILES:
+        f = target / name
+        if f.exists() and not f.resolve().is_relative_to(base):
+            raise ValueError(f"snapshot path {snapshot_dir}: {name} links out of the snapshot root {base}")
+    return target
+
+
+def _stage_block(state: LearnerState, f, tensors: dict[str, torch.Tensor], info: dict, b: int) -> tuple:
+    """Block ``b`` of the snapshot loaded into copies of the live block and its optimiser: their
+    strict loads check every key and shape, and the live ones are not touched."""
+    block, opt = copy.deepcopy((state.model.blocks[b], state.optimizers[b]))  # one memo: opt keeps block's params
+    prefix = f"blocks.{b}."
+    block.load_state_dict({k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+    opt.load_state_dict(_optimizer_state(tensors, b, info["optimizer_param_groups"][b]))
+    return block.state_dict(), opt.state_dict(), int(info["block_steps"][b]), info["loss_ema"][b]
+
+
+def pin_blocks(state: LearnerState, snapshot_dir: str | os.PathLike, blocks: list[int], *,
+               root: str | os.PathLike | None = None) -> LearnerState:
     """Restore only ``blocks``' weights and optimiser state from a snapshot (per-block rollback).
 
-    Other blocks, the RNG and the counters are left alone, except that ``policy_version`` moves
-    by one because the policy changed.
+    All or nothing: every block is loaded into a copy first and the live state changes only once
+    all of them loaded, so a bad snapshot raises ValueError (or OSError) and leaves ``state`` as it
+    was. ``root``: accept only a snapshot under it (``snapshot_under``); None for callers that
+    picked the snapshot from their own listing. Other blocks, the RNG and the counters are left
+    alone, except that ``policy_version`` moves by one because the policy changed.
     """
-    d = Path(snapshot_dir)
-    info = read_snapshot_info(d)
-    with safe_open(str(d / "model.safetensors"), framework="pt", device=str(state.device)) as f:
-        for b in blocks:
-            prefix = f"blocks.{b}."
-            sd = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-            state.model.blocks[b].load_state_dict(sd)
-    tensors = load_file(str(d / "optimizer.safetensors"))
-    for b in blocks:
-        state.optimizers[b].load_state_dict(_optimizer_state(tensors, b, info["optimizer_param_groups"][b]))
-        state.block_steps[b] = info["block_steps"][b]
-        state.loss_ema[b] = info["loss_ema"][b]
+    d = snapshot_under(root, snapshot_dir) if root is not None else Path(snapshot_dir)
+    try:
+        info = read_snapshot_info(d)
+        tensors = load_file(str(d / "optimizer.safetensors"))
+        with safe_open(str(d / "model.safetensors"), framework="pt", device=str(state.device)) as f:
+            staged = {b: _stage_block(state, f, tensors, info, b) for b in blocks}
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - nothing was changed yet: any failure means "not this snapshot"
+        raise ValueError(f"snapshot {d} cannot be pinned: {type(e).__name__}: {e}") from e
+    # from here on the loads cannot fail on content: keys, shapes and groups were checked above
+    for b, (weights, opt_state, block_steps, loss_ema) in staged.items():
+        state.model.blocks[b].load_state_dict(weights)
+        state.optimizers[b].load_state_dict(opt_state)
+        state.block_steps[b] = block_steps
+        state.loss_ema[b] = loss_ema
     state.policy_version += 1
     return state

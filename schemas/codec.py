@@ -65,7 +65,31 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# What a parser or validator raises on hostile input besides its own errors: nesting deeper
+# than the interpreter's stack (RecursionError), an integer past Python's 4,300-digit limit
+# (ValueError), a lone surrogate (UnicodeError), a float conversion that overflows. Escaping
+# ``decode``, any of them crash-loops every consumer of the record instead of dead-lettering it.
+_PARSE_FAILURES = (RecursionError, ValueError, TypeError, OverflowError, UnicodeError)
+
+
+def _parse_failure(err: BaseException) -> DecodeError:
+    if isinstance(err, RecursionError):
+        return DecodeError("value: nested too deeply to parse")
+    detail = str(err).splitlines()[0] if str(err) else ""
+    return DecodeError(f"value: cannot parse ({type(err).__name__}: {detail[:200]})")
+
+
 def decode_dict(d: Any, raw: bytes | str | None = None) -> Event:
+    """A parsed JSON object to a typed record (upgrading a previous version), or ``DecodeError``."""
+    try:
+        return _decode_dict(d, raw)
+    except DecodeError:
+        raise
+    except _PARSE_FAILURES as e:
+        raise _parse_failure(e) from e
+
+
+def _decode_dict(d: Any, raw: bytes | str | None) -> Event:
     if not isinstance(d, dict):
         raise DecodeError(f"record: expected a JSON object, got {type(d).__name__}")
     rtype = d.get("type")
@@ -100,11 +124,20 @@ def decode_dict(d: Any, raw: bytes | str | None = None) -> Event:
 # Our encoder writes the envelope first, so "type" and "schema_version" sit near the start of
 # every record it produced: reading them with a regex lets current-version records go straight
 # to pydantic's JSON validator, parsed once. Anything else takes the general path.
-_HEAD = re.compile(rb'^\{"event_id":"[^"]*","type":"([a-z_.]+)","schema_version":(\d+),')
+_HEAD = re.compile(rb'^\{"event_id":"[^"]*","type":"([a-z_.]+)","schema_version":(\d{1,9}),')
 
 
 def decode(raw: bytes | str | None) -> Event:
-    """Bytes from Kafka to a typed record, or ``DecodeError`` with the reason."""
+    """Bytes from Kafka to a typed record, or ``DecodeError`` with the reason; never another error."""
+    try:
+        return _decode(raw)
+    except DecodeError:
+        raise
+    except _PARSE_FAILURES as e:
+        raise _parse_failure(e) from e
+
+
+def _decode(raw: bytes | str | None) -> Event:
     if raw is None:
         raise DecodeError("value: record has no value (tombstone)")
     if isinstance(raw, bytes):
@@ -116,6 +149,8 @@ def decode(raw: bytes | str | None) -> Event:
                     return cls.model_validate_json(raw)
                 except ValidationError as e:
                     raise DecodeError(f"{cls.TYPE}: {_describe(e)}") from e
+    if not isinstance(raw, (bytes, bytearray, str)):
+        raise DecodeError(f"value: expected bytes or str, got {type(raw).__name__}")
     try:
         d = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.base import Event
 
@@ -12,6 +13,14 @@ from schemas.base import Event
 # ``GRPOGroup.skip_reason`` of a complete group whose rewards have no spread: it carries no reward
 # signal, but the learner's regulariser still applies to it (``learners.core.step``)
 NO_SIGNAL = "no signal"
+
+# Bounds on one group, so a single record cannot stall or exhaust the learner: its step costs
+# about candidates x (prompt + gen_len)^2 per block. Real records are far inside them: a market
+# prompt is ~100 bytes, a social one a few posts of 32 bytes; the learner reads only gen_len
+# (tens of) bytes of a completion; groups hold group_size (8 by default) candidates.
+MAX_PROMPT_CHARS = 4096
+MAX_COMPLETION_CHARS = 1024
+MAX_CANDIDATES = 256
 
 
 class GRPOGroup(Event):
@@ -30,8 +39,8 @@ class GRPOGroup(Event):
     task: Literal["market", "social"] = "market"
     symbol: str
     policy_version: int = Field(ge=0)
-    prompt: str
-    completions: list[str]
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
+    completions: list[str] = Field(max_length=MAX_CANDIDATES)
     candidate_indices: list[int]
     rewards: list[float]
     advantages: list[float]
@@ -41,6 +50,27 @@ class GRPOGroup(Event):
     skip_reason: str | None = None
     close_reason: Literal["all_in", "expired"] = "all_in"
     window_end_ns: int = 0
+
+    # A poison group is dead-lettered at the door rather than discovered in the model. Checked
+    # here, not with Annotated list items: the analytics DDL maps plain element types.
+    @model_validator(mode="after")
+    def _learnable(self) -> "GRPOGroup":
+        # the learner pairs completion i with advantage i: misaligned lists would teach the wrong
+        # candidate, or fail in the middle of a step
+        lengths = {"completions": len(self.completions), "rewards": len(self.rewards),
+                   "advantages": len(self.advantages), "candidate_indices": len(self.candidate_indices)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError("completions, rewards, advantages and candidate_indices differ in length "
+                             f"({', '.join(f'{k}={v}' for k, v in lengths.items())})")
+        for i, c in enumerate(self.completions):
+            if len(c) > MAX_COMPLETION_CHARS:
+                raise ValueError(f"completions[{i}]: {len(c)} chars, more than {MAX_COMPLETION_CHARS}")
+        # one NaN or inf advantage turns every weight the step touches into NaN
+        for name in ("rewards", "advantages"):
+            for i, v in enumerate(getattr(self, name)):
+                if not math.isfinite(v):
+                    raise ValueError(f"{name}[{i}]: {v} is not finite")
+        return self
 
 
 class BlockUpdate(Event):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.base import Event
 
@@ -22,8 +23,9 @@ class MarketTrade(Event):
     exchange: str
     symbol: str
     trade_id: str
-    price: float = Field(gt=0)
-    qty: float = Field(ge=0)
+    # allow_inf_nan: one inf price becomes every later reward and feature that reads it
+    price: float = Field(gt=0, allow_inf_nan=False)
+    qty: float = Field(ge=0, allow_inf_nan=False)
     side: Literal["buy", "sell"]
 
 
@@ -34,10 +36,10 @@ class BookTicker(Event):
 
     exchange: str
     symbol: str
-    bid_price: float = Field(ge=0)
-    bid_qty: float = Field(ge=0)
-    ask_price: float = Field(ge=0)
-    ask_qty: float = Field(ge=0)
+    bid_price: float = Field(ge=0, allow_inf_nan=False)
+    bid_qty: float = Field(ge=0, allow_inf_nan=False)
+    ask_price: float = Field(ge=0, allow_inf_nan=False)
+    ask_qty: float = Field(ge=0, allow_inf_nan=False)
     update_id: int | None = None
 
 
@@ -52,6 +54,15 @@ class DepthUpdate(Event):
     asks: list[tuple[float, float]]
     is_snapshot: bool = False
     update_id: int | None = None
+
+    # a validator rather than Annotated tuple items: the analytics DDL maps plain element types
+    @model_validator(mode="after")
+    def _finite_levels(self) -> "DepthUpdate":
+        for side in ("bids", "asks"):
+            for i, (price, qty) in enumerate(getattr(self, side)):
+                if not (math.isfinite(price) and math.isfinite(qty)):
+                    raise ValueError(f"{side}[{i}]: level ({price}, {qty}) is not finite")
+        return self
 
 
 class StreamGap(Event):

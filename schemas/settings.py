@@ -10,6 +10,8 @@ the YAML file (``--config`` or ``EIGENLOOP_CONFIG``), defaults.
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +22,32 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Replication(_Section):
+    """Replicas of one class of topics, applied when ``eigenloop topics ensure`` creates them
+    (Kafka cannot change an existing topic's replication factor without a reassignment)."""
+
+    # null asks the cluster: one broker is the local broker of `eigenloop run` and the tests, where
+    # any other factor cannot be created; a real cluster gets three copies and writes that need two
+    factor: int | None = Field(None, ge=1, description="replication factor; null: 1 on a one-broker cluster, "
+                               "else 3 (all brokers when fewer)")
+    min_insync: int | None = Field(None, ge=1, description="min.insync.replicas; null: 1 on a one-broker "
+                                   "cluster, else 2 (1 when the factor is 2)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> "Replication":
+        if self.factor is not None and self.min_insync is not None and self.min_insync > self.factor:
+            raise ValueError(f"min_insync ({self.min_insync}) above factor ({self.factor}): no write could succeed")
+        return self
+
+
+class TopicReplication(_Section):
+    """Replicas per topic class (each catalogue topic names its class in schemas/topics.py)."""
+
+    learning: Replication = Field(Replication(), description="learn.*: the log the model is rebuilt from, kept "
+                                  "forever")
+    events: Replication = Field(Replication(), description="market, social, agent and dead-letter topics")
 
 
 class KafkaSettings(_Section):
@@ -33,6 +61,7 @@ class KafkaSettings(_Section):
     ssl_cafile: str | None = None
     linger_ms: int = Field(5, ge=0)
     max_batch_size: int = Field(256 * 1024, ge=1024)
+    replication: TopicReplication = TopicReplication()
 
 
 class RewardConfig(_Section):
@@ -58,7 +87,8 @@ class RewardConfig(_Section):
 
 
 class GroupConfig(_Section):
-    group_size: int = Field(8, ge=2, description="G: candidates sampled per prompt")
+    group_size: int = Field(8, ge=2, le=256, description="G: candidates sampled per prompt (a learn.group "
+                            "holds at most 256: schemas.learn.MAX_CANDIDATES)")
     # "none" (Dr. GRPO): advantages stay in reward units (bps). Dividing by each group's std makes
     # a quiet 5 s, where flat beats long and short by half a spread, as loud a vote as a 5 bps move;
     # the policy then learns "flat" from the spread alone and, all G flat, never learns again
@@ -77,6 +107,10 @@ class StreamsSettings(_Section):
                              "estimate of event time; off: event time only (a loop-paced replay, which "
                              "ends each symbol with a market.watermark)")
     web_port: int = Field(0, ge=0, description="Faust web port; 0 picks a free one")
+    # Faust itself listens on every interface unless told otherwise; its pages are for local
+    # probes, so only a pod (whose kubelet probes from outside the container) opens it wider
+    web_bind: str = Field("127.0.0.1", min_length=1, description="address the Faust web server listens on; "
+                          "0.0.0.0 only where probes come from outside the host (a pod)")
     market_window_s: float = Field(60.0, gt=0, description="how much book/trade history the state keeps")
     session_timeout_s: float = Field(15.0, ge=6, le=300, description="consumer-group session timeout: how soon "
                                      "a killed worker's partitions move to a live one (the broker's minimum is 6 s)")
@@ -135,8 +169,21 @@ class ExecutorSettings(_Section):
     max_notional: float = Field(100.0, ge=0)
     max_position: float = Field(100.0, ge=0)
     max_orders_per_minute: int = Field(10, ge=0)
-    kill_switch_file: Path = Path(".eigenloop/KILL")
+    # null: <data_dir>/KILL. daemon.executors.kill_switch_path resolves it for every reader and
+    # writer (daemon, CLI, HTTP), so they cannot disagree on which file stops trading
+    kill_switch_file: Path | None = Field(None, description="the kill-switch flag file; null: <data_dir>/KILL")
     social_dry_run: bool = True
+
+    # paper mode may keep "no limit" (inf): nothing is at stake there
+    @model_validator(mode="after")
+    def _live_limits(self) -> "ExecutorSettings":
+        if self.mode == "live":
+            for name in ("max_notional", "max_position"):
+                value = getattr(self, name)
+                if not math.isfinite(value):
+                    raise ValueError(f"live mode needs a finite {name} (got {value}): it is the only bound on "
+                                     "what one order, or all of them together, can risk")
+        return self
 
 
 class LearnerSettings(_Section):
@@ -169,6 +216,10 @@ class AnalyticsSettings(_Section):
     password: SecretStr | None = None
     batch_size: int = Field(5000, ge=1)
     flush_s: float = Field(1.0, gt=0)
+    # on every query (reports, ad hoc SQL, the sink's own lookups): one runaway query fails alone
+    query_timeout_s: int = Field(30, ge=1, description="ClickHouse max_execution_time of each query, seconds")
+    query_max_memory_bytes: int = Field(2 * 1024**3, ge=1024**2, description="ClickHouse max_memory_usage of "
+                                        "each query, bytes")
 
     @field_validator("dsn")
     @classmethod
@@ -213,6 +264,20 @@ class GuardSettings(_Section):
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=0, le=65535)
+    # Every non-GET route (kill switch, snapshot, pin) needs ``Authorization: Bearer <token>``.
+    # Neither set: the daemon writes a fresh random token to <data_dir>/admin-token (0600) at each
+    # start and the CLI reads it there, so nobody has to configure anything to be safe.
+    admin_token: SecretStr | None = Field(None, description="bearer token of the mutating HTTP routes")
+    admin_token_file: Path | None = Field(None, description="file holding the bearer token (e.g. a mounted Secret)")
+
+    # a model validator, not a field one: a field error would echo the rejected token
+    @model_validator(mode="after")
+    def _token(self) -> "HttpSettings":
+        if self.admin_token is not None and self.admin_token_file is not None:
+            raise ValueError("set admin_token or admin_token_file, not both")
+        if self.admin_token is not None and len(self.admin_token.get_secret_value().strip()) < 16:
+            raise ValueError("admin_token must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -254,6 +319,48 @@ class Settings(BaseSettings):
 
 class SettingsError(ValueError):
     """Settings failed validation; ``str()`` is one readable line per bad field."""
+
+
+ENV_PREFIX = "EIGENLOOP_"
+# EIGENLOOP_* variables that are read outside this model: the settings file, the tests' broker,
+# the PyFlink interpreter, the test scripts' knobs, and the live executor's exchange credentials
+# (EIGENLOOP_EXCHANGE_<NAME>_API_KEY / _SECRET)
+OTHER_ENV = ("CONFIG", "KAFKA_BOOTSTRAP", "FLINK_PYTHON", "SHARED_DATA", "TEST_DATA_DIR", "VENV_BIN", "FAULTS_KILLS")
+OTHER_ENV_PREFIXES = ("EXCHANGE_",)
+
+
+def _env_paths(model: type[BaseModel], stem: str = "") -> list[str]:
+    out = []
+    for name, field in model.model_fields.items():
+        path = f"{stem}{name.upper()}"
+        out.append(path)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out.extend(_env_paths(field.annotation, f"{path}__"))
+    return out
+
+
+def unknown_env_warnings(environ: Any = None) -> list[str]:
+    """One line per ``EIGENLOOP_*`` variable whose top-level name nothing reads.
+
+    pydantic-settings silently skips them, so ``EIGENLOOP_EXECUTR__MODE=live`` would leave the
+    executor on paper with nobody told. (A misspelt name below a known section, such as
+    ``EIGENLOOP_EXECUTOR__MODDE``, already fails validation: the sections forbid extra keys.)
+    """
+    environ = os.environ if environ is None else environ
+    known_top = {name.upper() for name in Settings.model_fields}
+    candidates = _env_paths(Settings) + list(OTHER_ENV)
+    lines = []
+    for var in sorted(environ):
+        if not var.upper().startswith(ENV_PREFIX) or len(var) == len(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].upper()
+        if rest.split("__", 1)[0] in known_top or rest in OTHER_ENV or rest.startswith(OTHER_ENV_PREFIXES):
+            continue
+        # matched without the shared prefix, which would make every name look alike
+        close = difflib.get_close_matches(rest, candidates, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        lines.append(f"warning: environment variable {var} is not a setting and is ignored{hint}")
+    return lines
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

@@ -2,12 +2,13 @@
 
 This is the one place that knows them. ``eigenloop topics ensure`` creates them from here;
 producers, the streams worker and the sink look names up here. Names can carry a prefix
-(``EIGENLOOP_TOPIC_PREFIX``) so tests and shadow runs get their own set.
+(``EIGENLOOP_KAFKA__TOPIC_PREFIX``) so tests and shadow runs get their own set.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -24,6 +25,8 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
     # one partition, never overridden: consumers need a total order (see learn.groups)
     total_order: bool = False
+    # which ``kafka.replication`` class sets its replication factor and min.insync.replicas
+    replication: Literal["learning", "events"] = "events"
 
     def kafka_config(self) -> dict[str, str]:
         cfg = {"cleanup.policy": "compact" if self.compacted else "delete"}
@@ -44,11 +47,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     # to reproduce the checksums. A group closes every few seconds per symbol, far below what
     # one partition carries.
     TopicSpec("learn.groups", "group_id", 1, None, description="closed GRPO groups, the learner's input",
-              total_order=True),
-    TopicSpec("learn.updates", "block", 6, None, description="one record per block weight change"),
+              total_order=True, replication="learning"),
+    TopicSpec("learn.updates", "block", 6, None, description="one record per block weight change",
+              replication="learning"),
     TopicSpec("learn.snapshots", "snapshot_id", 1, None, description="snapshot markers with consumed offsets",
-              total_order=True),
-    TopicSpec("learn.guard", "policy_version", 1, None, description="collapse guard actions", total_order=True),
+              total_order=True, replication="learning"),
+    TopicSpec("learn.guard", "policy_version", 1, None, description="collapse guard actions", total_order=True,
+              replication="learning"),
     TopicSpec("deadletter", "source topic", 3, 30 * DAY_MS, dead_letter=None,
               description="undecodable or out-of-schema input with the reason"),
 )
@@ -72,6 +77,6 @@ def catalogue(prefix: str = "", partitions: int | None = None) -> list[TopicSpec
             partitions=t.partitions if t.total_order else (partitions or t.partitions),
             retention_ms=t.retention_ms, compacted=t.compacted, total_order=t.total_order,
             dead_letter=None if t.dead_letter is None else f"{prefix}{t.dead_letter}",
-            description=t.description, config=dict(t.config),
+            description=t.description, config=dict(t.config), replication=t.replication,
         ))
     return out

@@ -119,7 +119,10 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App
         # (a task per record) and the fetcher pauses the partition until it drains
         stream_buffer_maxsize=16384,
         web_port=settings.streams.web_port or _free_port(),
+        # web_host is only the URL Faust advertises; web_bind is what it listens on, and Faust's
+        # own default for it is every interface
         web_host="127.0.0.1",
+        web_bind=settings.streams.web_bind,
         autodiscover=False,
         table_cleanup_interval=3600.0,  # windows expire in event time, in the engine
     )

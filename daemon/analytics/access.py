@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from daemon.analytics.store import AnalyticsError, ClickHouseStore, Store, open_chdb, open_server, resolve_target
+from daemon.analytics.store import (AnalyticsError, ClickHouseStore, Store, open_chdb, open_server, query_limits,
+                                    resolve_target)
 from schemas.settings import Settings
 
 READER_WAIT_S = 30.0
@@ -125,7 +126,7 @@ class _OwnedChdb(ClickHouseStore):
     """A chdb store that releases the path lock when closed."""
 
     def __init__(self, inner: ClickHouseStore, lock: FileLock):
-        super().__init__(inner._client, inner.database, inner.where)
+        super().__init__(inner._client, inner.database, inner.where, inner.limits)
         self._lock = lock
 
     def close(self) -> None:
@@ -143,8 +144,9 @@ def open_reader(settings: Settings) -> Store:
     assert target.path is not None
     lock_file, state_lock_file, state_file = _paths(target.path)
     lock = FileLock(lock_file)
+    limits = query_limits(settings.analytics)
     if lock.try_acquire():
-        return _open_owned(target.path, lock)
+        return _open_owned(target.path, lock, limits)
     state_lock = FileLock(state_lock_file)
     state_lock.acquire()
     try:
@@ -158,12 +160,12 @@ def open_reader(settings: Settings) -> Store:
     if not lock.acquire(READER_WAIT_S):
         raise AnalyticsError(f"chdb at {target.path} is held by another process that is not a sink; "
                              f"gave up after {READER_WAIT_S:.0f}s")
-    return _open_owned(target.path, lock)
+    return _open_owned(target.path, lock, limits)
 
 
-def _open_owned(path: Path, lock: FileLock) -> Store:
+def _open_owned(path: Path, lock: FileLock, limits: dict[str, int]) -> Store:
     try:
-        return _OwnedChdb(open_chdb(path), lock)
+        return _OwnedChdb(open_chdb(path, limits=limits), lock)
     except BaseException:
         lock.release()
         raise
@@ -230,10 +232,11 @@ def open_for_sink(settings: Settings, *, serve: bool = True) -> SinkOwnership:
     finally:
         state_lock.release()
     try:
-        store = open_chdb(target.path, target.database)
+        limits = query_limits(settings.analytics)
+        store = open_chdb(target.path, target.database, limits)
         if server is not None:
             # its own engine handle: report queries must not queue behind the sink's inserts
-            server.start(open_chdb(target.path, target.database))
+            server.start(open_chdb(target.path, target.database, limits))
     except BaseException:
         if server is not None:
             server.shutdown()

@@ -2,14 +2,19 @@
 
 Bound to 127.0.0.1 on a free port; every request must carry the token from the 0600 state
 file, so only the user who can read the data dir can query. Queries run with ClickHouse's
-``readonly=1``: a reader can never change what the sink owns. The socket is bound before the
-engine opens; a query that arrives early waits in the listen backlog until ``start``.
+``readonly=1`` after a check that the text is one read-only statement (``readonly_sql``): a
+reader can never change what the sink owns nor write a file. The token is compared in constant
+time and a body is read only up to ``MAX_BODY_BYTES`` (413 beyond), so whoever can reach the
+port cannot guess the token byte by byte nor make the sink buffer gigabytes. The socket is
+bound before the engine opens; a query that arrives early waits in the listen backlog until
+``start``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hmac
 import http.client
 import json
 import threading
@@ -23,6 +28,8 @@ from daemon.analytics.store import AnalyticsError, ClickHouseStore, Result
 
 TOKEN_HEADER = "X-Eigenloop-Token"
 CLIENT_TIMEOUT_S = 120.0
+# a query and its parameters; the reports' longest SQL is a few KiB
+MAX_BODY_BYTES = 1024 * 1024
 
 
 def _jsonable(v: Any) -> Any:
@@ -54,9 +61,10 @@ def _revive(value: Any, ch_type: str) -> Any:
 
 
 class QueryServer:
-    def __init__(self, token: str, database: str):
+    def __init__(self, token: str, database: str, max_body_bytes: int = MAX_BODY_BYTES):
         self.token = token
         self.database = database
+        self.max_body_bytes = max_body_bytes
         self._store: ClickHouseStore | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -67,11 +75,21 @@ class QueryServer:
                 return  # request lines would drown the sink's structured log
 
             def do_POST(self) -> None:  # noqa: N802 - stdlib name
-                if self.headers.get(TOKEN_HEADER) != server.token:
+                if not hmac.compare_digest(self.headers.get(TOKEN_HEADER, "").encode(), server.token.encode()):
                     self._reply(403, {"error": "bad token"})
                     return
                 try:
-                    body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                    length = int(self.headers["Content-Length"])
+                except (KeyError, TypeError, ValueError):
+                    self._reply(411, {"error": "a Content-Length is required"})
+                    return
+                if length < 0 or length > server.max_body_bytes:
+                    # the body stays unread: drop the connection rather than drain it
+                    self.close_connection = True
+                    self._reply(413, {"error": f"request body over {server.max_body_bytes} bytes"})
+                    return
+                try:
+                    body = json.loads(self.rfile.read(length))
                     sql = str(body["sql"])
                 except (ValueError, KeyError, TypeError) as e:
                     self._reply(400, {"error": f"bad request: {e}"})
@@ -124,10 +142,13 @@ class RemoteStore:
         self.where = f"the running sink (pid {state.pid}, 127.0.0.1:{state.port})"
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None, *, readonly: bool = True) -> Result:
+        body = json.dumps({"sql": sql, "parameters": parameters}).encode()
+        if len(body) > MAX_BODY_BYTES:
+            # said here: the server drops the connection without reading, which reads as a reset
+            raise AnalyticsError(f"query too large for {self.where}: {len(body)} bytes, at most {MAX_BODY_BYTES}")
         conn = http.client.HTTPConnection("127.0.0.1", self.state.port, timeout=CLIENT_TIMEOUT_S)
         try:
-            conn.request("POST", "/query", json.dumps({"sql": sql, "parameters": parameters}),
-                         {TOKEN_HEADER: self.state.token, "Content-Type": "application/json"})
+            conn.request("POST", "/query", body, {TOKEN_HEADER: self.state.token, "Content-Type": "application/json"})
             resp = conn.getresponse()
             payload = json.loads(resp.read())
         except (OSError, http.client.HTTPException, ValueError) as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 from urllib.parse import urlparse
 
+from daemon.analytics.readonly_sql import UnsafeQuery, check_read_only
 from daemon.errors import EigenloopError
 from schemas.settings import AnalyticsSettings, Settings
 
@@ -82,6 +83,8 @@ def resolve_target(settings: Settings) -> Target:
 _CODE = re.compile(r"Code: (\d+)\. DB::Exception: (.*)")
 _KINDS = {62: "bad SQL", 60: "missing table", 81: "missing database", 47: "unknown column",
           46: "unknown function", 164: "read-only access", 159: "query timed out", 241: "out of memory"}
+# the settings clause ClickHouseStore.query appends, echoed back in syntax errors
+_OUR_SETTINGS = re.compile(r" SETTINGS (?:(?:max_execution_time|max_memory_usage|readonly) = '[^']*'(?:, )?)+")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -93,10 +96,16 @@ def describe_error(exc: BaseException) -> str:
         detail = m.group(2)
         # the driver appends the wire format and a long "Expected one of" list: noise to a person
         detail = re.split(r" FORMAT Native| Expected one of| \(version ", detail)[0].rstrip(". ")
-        detail = detail.replace(" SETTINGS readonly = '1'", "")
+        detail = _OUR_SETTINGS.sub("", detail)
         kind = _KINDS.get(code, f"ClickHouse error {code}")
         return f"{kind}: {detail[:300]}"
     return text[:300] or type(exc).__name__
+
+
+def query_limits(a: AnalyticsSettings) -> dict[str, int]:
+    """ClickHouse settings bounding every query: a runaway report fails alone, it does not take
+    the sink's engine (and its memory) down with it."""
+    return {"max_execution_time": a.query_timeout_s, "max_memory_usage": a.query_max_memory_bytes}
 
 
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
@@ -121,10 +130,11 @@ def quiet_driver_logs() -> None:
 class ClickHouseStore:
     """A clickhouse-connect client (chdb or HTTP) behind the ``Store`` interface."""
 
-    def __init__(self, client: Any, database: str, where: str):
+    def __init__(self, client: Any, database: str, where: str, limits: dict[str, int] | None = None):
         self._client = client
         self.database = database
         self.where = where
+        self.limits = query_limits(AnalyticsSettings()) if limits is None else limits
 
     def _run(self, fn: Any, *args: Any, **kw: Any) -> Any:
         from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
@@ -140,7 +150,15 @@ class ClickHouseStore:
         self._run(self._client.command, sql)
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None, *, readonly: bool = False) -> Result:
-        settings = {"readonly": 1} if readonly else None
+        settings: dict[str, int] = dict(self.limits)
+        if readonly:
+            try:
+                sql = check_read_only(sql)
+            except UnsafeQuery as e:
+                raise AnalyticsError(f"{e.kind}: {e}") from None
+            # readonly=1 also stops the query's own SETTINGS clause from lifting the limits. Last,
+            # for an engine that applies settings in order (it forbids changing the rest).
+            settings["readonly"] = 1
         r = self._run(self._client.query, sql, parameters=parameters, settings=settings)
         return Result(list(r.column_names), [t.name for t in r.column_types], list(r.result_rows))
 
@@ -152,8 +170,9 @@ class ClickHouseStore:
         self._client.close()
 
 
-def open_chdb(path: Path, database: str = DEFAULT_DB) -> ClickHouseStore:
-    """Open the embedded engine. Callers hold the path lock (``daemon.analytics.access``)."""
+def open_chdb(path: Path, database: str = DEFAULT_DB, limits: dict[str, int] | None = None) -> ClickHouseStore:
+    """Open the embedded engine. Callers hold the path lock (``daemon.analytics.access``).
+    ``limits``: ``query_limits`` of the settings (None: the defaults)."""
     import clickhouse_connect
 
     path.mkdir(parents=True, exist_ok=True)
@@ -161,7 +180,7 @@ def open_chdb(path: Path, database: str = DEFAULT_DB) -> ClickHouseStore:
         client = clickhouse_connect.get_client(interface="chdb", path=str(path))
     except Exception as e:  # the driver raises several types for an engine that will not open
         raise AnalyticsError(f"cannot open chdb at {path}: {describe_error(e)}") from None
-    return ClickHouseStore(client, database, f"chdb at {path}")
+    return ClickHouseStore(client, database, f"chdb at {path}", limits)
 
 
 def open_server(target: Target, settings: Settings) -> ClickHouseStore:
@@ -175,4 +194,4 @@ def open_server(target: Target, settings: Settings) -> ClickHouseStore:
             password=a.password.get_secret_value() if a.password else "", connect_timeout=5, send_receive_timeout=60)
     except Exception as e:  # connection refused, DNS, TLS, auth: all mean "cannot use the server"
         raise AnalyticsError(f"cannot reach ClickHouse at {target.url}: {describe_cause(e)}") from None
-    return ClickHouseStore(client, target.database, f"ClickHouse at {target.url}")
+    return ClickHouseStore(client, target.database, f"ClickHouse at {target.url}", query_limits(a))

@@ -1,13 +1,50 @@
-"""Idempotent topic creation from the catalogue through the Kafka admin API."""
+"""Idempotent topic creation from the catalogue through the Kafka admin API.
+
+Replication comes from ``kafka.replication`` per topic class. Unset, it follows the cluster:
+one broker (the local broker of ``eigenloop run`` and the tests) can only hold one copy; a real
+cluster gets three, and writes need two of them (``min.insync.replicas``), so one broker can be
+lost, or restarted for an upgrade, without losing the learning log or stopping writes.
+"""
 
 from __future__ import annotations
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from daemon.errors import ConfigError
 from daemon.eventlog.connection import client_kwargs
-from schemas.settings import Settings
-from schemas.topics import catalogue
+from schemas.settings import KafkaSettings, Settings
+from schemas.topics import TopicSpec, catalogue
+
+CLUSTER_FACTOR = 3
+CLUSTER_MIN_INSYNC = 2
+
+
+def replication_for(spec: TopicSpec, kafka: KafkaSettings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of one topic on a cluster of ``brokers``."""
+    configured = getattr(kafka.replication, spec.replication)
+    where = f"kafka.replication.{spec.replication}"
+    factor = configured.factor or (1 if brokers <= 1 else min(CLUSTER_FACTOR, brokers))
+    if factor > brokers:
+        raise ConfigError(f"{where}.factor={factor} but the cluster has {brokers} broker(s); "
+                          f"lower it or leave it unset to follow the cluster")
+    min_insync = configured.min_insync or max(1, min(CLUSTER_MIN_INSYNC, factor - 1))
+    if min_insync > factor:
+        raise ConfigError(f"{where}.min_insync={min_insync} is above the replication factor {factor}: "
+                          "no write could succeed")
+    return factor, min_insync
+
+
+def new_topics(specs: list[TopicSpec], kafka: KafkaSettings, brokers: int, keep_all: bool = False) -> list[NewTopic]:
+    """The create requests for ``specs``: partitions, replication and topic configs."""
+    out = []
+    for t in specs:
+        factor, min_insync = replication_for(t, kafka, brokers)
+        configs = {**t.kafka_config(), "min.insync.replicas": str(min_insync),
+                   **({"retention.ms": "-1"} if keep_all else {})}
+        out.append(NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=factor,
+                            topic_configs=configs))
+    return out
 
 
 async def ensure_topics(settings: Settings, partitions: int | None = None,
@@ -29,11 +66,8 @@ async def ensure_topics(settings: Settings, partitions: int | None = None,
         missing = [t for t in specs if t.name not in existing]
         created: list[str] = []
         if missing:
-            resp = await admin.create_topics([
-                NewTopic(name=t.name, num_partitions=t.partitions, replication_factor=1,
-                         topic_configs={**t.kafka_config(), **({"retention.ms": "-1"} if keep_all else {})})
-                for t in missing
-            ])
+            brokers = len((await admin.describe_cluster())["brokers"])
+            resp = await admin.create_topics(new_topics(missing, settings.kafka, brokers, keep_all))
             for err in resp.topic_errors:
                 name, code = err[0], err[1]
                 if code == 0:

@@ -78,18 +78,23 @@ async def _orders_until_killed(ex: PaperExecutor, engage) -> tuple[float, float 
     return engaged_at, first_after, fills_after
 
 
+TOKEN = "executor-test-admin-token"
+
+
 def test_kill_switch_over_http_stops_orders_at_once(tmp_path):
     kill = KillSwitch(tmp_path / "KILL")
     ex = PaperExecutor(cfg(), kill)
 
     async def go():
         server = HttpServer("127.0.0.1", 0, health=lambda: {"ok": True}, ready=None, kill_switch=kill,
-                            snapshot=None)
+                            snapshot=None, admin_token=TOKEN)
         port = await server.start()
 
         async def engage():
             def post():
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/kill", method="POST")
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/kill", method="POST", data=b"{}",
+                                             headers={"Authorization": f"Bearer {TOKEN}",
+                                                      "Content-Type": "application/json"})
                 return json.loads(urllib.request.urlopen(req, timeout=5).read())
             body = await asyncio.to_thread(post)
             assert body["engaged"] is True
