@@ -59,20 +59,22 @@ def settings_wants_cuda(settings: Settings) -> bool:
 
 
 def load_or_bootstrap(settings: Settings, progress: bool = False) -> tuple[Any, Path]:
-    """The newest snapshot under the data folder; else the configured initial snapshot; else a
-    freshly bootstrapped model saved as the initial snapshot."""
+    """The newest snapshot under the data folder that loads (a damaged one is skipped for the one
+    before it); else the configured initial snapshot; else a freshly bootstrapped model saved as
+    the initial snapshot. The path returned is the one loaded: the caller resumes from its offsets."""
     from learners.bootstrap import ensure_initial_snapshot
 
     apply_torch_threads(settings)
     root = snapshots.snapshot_root(settings.data_dir)
-    newest = snapshots.newest_snapshot(root)
-    if newest is None:
-        initial = settings.learner.initial_snapshot or root / "0000000000-bootstrap"
-        log.info("no snapshot yet: bootstrapping the initial model", path=str(initial))
-        newest = ensure_initial_snapshot(initial, learner_config(settings), steps=settings.learner.bootstrap_steps,
-                                         progress=progress, report=lambda fields: log.info("bootstrap", **fields))
     device = None if settings.learner.device == "auto" else settings.learner.device
-    return snapshots.load(newest, device=device), newest
+    loaded = snapshots.load_newest(root, device=device)
+    if loaded is not None:
+        return loaded
+    initial = settings.learner.initial_snapshot or root / "0000000000-bootstrap"
+    log.info("no snapshot yet: bootstrapping the initial model", path=str(initial))
+    initial = ensure_initial_snapshot(initial, learner_config(settings), steps=settings.learner.bootstrap_steps,
+                                      progress=progress, report=lambda fields: log.info("bootstrap", **fields))
+    return snapshots.load(initial, device=device), initial
 
 
 class Daemon:

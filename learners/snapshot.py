@@ -9,13 +9,19 @@ Layout of a snapshot directory::
 
 ``state.json`` is written last, so a directory without it is an interrupted write. The metadata
 dict round-trips as JSON, which is where the daemon keeps the Kafka offsets it has consumed.
+
+Every file is fsynced before ``state.json`` names the snapshot complete, and ``state.json`` itself
+before ``save_snapshot`` returns: after a power cut, a snapshot that has its ``state.json`` has
+all of its bytes too (a rename alone can reach the disk before the data it points to).
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,14 +34,40 @@ from learners.core import LearnerConfig, LearnerState, build_state
 FORMAT_VERSION = 1
 
 
+class SnapshotUnreadable(ValueError):
+    """A snapshot file whose content does not load: ``file`` names it, ``reason`` says why.
+    Errors from the file system (missing file, disk errors) stay OSError, which names its file."""
+
+    def __init__(self, file: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file = Path(file)
+        self.reason = reason
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory by path (a directory's fsync makes its entries durable)."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        # some filesystems (certain network mounts) refuse fsync on a directory: its entries are
+        # then as durable as that filesystem makes them, and the write must not fail for it
+        if not (flags & getattr(os, "O_DIRECTORY", 0)) or e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, meta: dict | None = None) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    fsync_path(tmp)  # save_file does not sync, and the rename may otherwise reach the disk first
     os.replace(tmp, path)
 
 
 def save_snapshot(state: LearnerState, directory: str | os.PathLike, extra_metadata: dict | None = None) -> Path:
-    """Write ``state`` to ``directory`` (created if needed). ``extra_metadata`` must be JSON-able."""
+    """Write ``state`` to ``directory`` (created if needed) durably. ``extra_metadata`` must be JSON-able."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _atomic_save_tensors(state.model.state_dict(), d / "model.safetensors", {"format": "eigenloop"})
@@ -67,9 +99,14 @@ def save_snapshot(state: LearnerState, directory: str | os.PathLike, extra_metad
         "optimizer_param_groups": groups,
         "metadata": meta,
     }
+    # the tensor files' names must be durable before state.json can say the snapshot is complete
+    fsync_path(d)
     tmp = d / "state.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    fsync_path(tmp)
     os.replace(tmp, d / "state.json")
+    fsync_path(d)
+    fsync_path(d.parent)  # a caller writing straight to its final name (the bootstrap) needs the entry too
     return d
 
 
@@ -92,32 +129,57 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], b: int, param_groups: lis
     return {"state": state, "param_groups": param_groups}
 
 
+@contextmanager
+def _reading(file: Path):
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(file)  # safetensors' own OSErrors do not say which file
+        raise
+    except (MemoryError, torch.cuda.OutOfMemoryError):
+        raise  # the machine's trouble, not the content's: an older snapshot would fail the same way
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the parsers raise
+        raise SnapshotUnreadable(file, f"{type(e).__name__}: {e}") from e
+
+
 def load_snapshot(directory: str | os.PathLike, device: str | None = None) -> LearnerState:
-    """Rebuild the full learner state; ``device`` overrides the saved config's device."""
+    """Rebuild the full learner state; ``device`` overrides the saved config's device.
+
+    A file whose content does not load raises SnapshotUnreadable naming it; a file that cannot be
+    read raises OSError."""
     d = Path(directory)
-    info = read_snapshot_info(d)
-    # a snapshot written before the likelihood, the mirror and the grammar constraint existed
-    # learned with the ELBO, no mirror, unconstrained: replaying its log must learn the same way
-    # to reproduce its checksums
-    cfg_dict = {"likelihood": "elbo", "mirror": False, "constrain": False, **info["config"]}
-    if device is not None:
-        cfg_dict = {**cfg_dict, "device": str(device)}
-    state = build_state(LearnerConfig(**cfg_dict))
-    state.model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(state.device)))
+    with _reading(d / "state.json"):
+        info = read_snapshot_info(d)
+        # a snapshot written before the likelihood, the mirror and the grammar constraint existed
+        # learned with the ELBO, no mirror, unconstrained: replaying its log must learn the same way
+        # to reproduce its checksums
+        cfg_dict = {"likelihood": "elbo", "mirror": False, "constrain": False, **info["config"]}
+        if device is not None:
+            cfg_dict = {**cfg_dict, "device": str(device)}
+        config = LearnerConfig(**cfg_dict)
+    state = build_state(config)  # outside: a failure here is the machine's, and every snapshot would share it
+    with _reading(d / "state.json"):
+        state.policy_version = info["policy_version"]
+        state.step = info["step"]
+        state.block_steps = list(info["block_steps"])
+        state.skipped_groups = info["skipped_groups"]
+        state.rr_cursor = info["rr_cursor"]
+        state.loss_ema = list(info["loss_ema"])
+        state.metadata = dict(info["metadata"])
+    with _reading(d / "model.safetensors"):
+        state.model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(state.device)))
     if state.ref_model is not None and (d / "ref.safetensors").exists():
-        state.ref_model.load_state_dict(load_file(str(d / "ref.safetensors"), device=str(state.device)))
-    tensors = load_file(str(d / "optimizer.safetensors"))
-    for b, opt in enumerate(state.optimizers):
-        opt.load_state_dict(_optimizer_state(tensors, b, info["optimizer_param_groups"][b]))
-    state.generator.set_state(tensors["rng.learner"])
-    torch.set_rng_state(tensors["rng.torch_cpu"])
-    state.policy_version = info["policy_version"]
-    state.step = info["step"]
-    state.block_steps = list(info["block_steps"])
-    state.skipped_groups = info["skipped_groups"]
-    state.rr_cursor = info["rr_cursor"]
-    state.loss_ema = list(info["loss_ema"])
-    state.metadata = dict(info["metadata"])
+        with _reading(d / "ref.safetensors"):
+            state.ref_model.load_state_dict(load_file(str(d / "ref.safetensors"), device=str(state.device)))
+    with _reading(d / "optimizer.safetensors"):
+        tensors = load_file(str(d / "optimizer.safetensors"))
+        for b, opt in enumerate(state.optimizers):
+            opt.load_state_dict(_optimizer_state(tensors, b, info["optimizer_param_groups"][b]))
+        state.generator.set_state(tensors["rng.learner"])
+        # last: the process-wide RNG changes only once everything else has loaded, so a snapshot
+        # that fails leaves it for the one loaded after it
+        torch.set_rng_state(tensors["rng.torch_cpu"])
     return state
 
 
