@@ -19,6 +19,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from daemon.procs import pid_alive
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM = REPO_ROOT / "kafka" / "pom.xml"
 DEFAULT_LIBS = REPO_ROOT / ".cache" / "kafka" / "libs"
@@ -106,20 +108,6 @@ def read_state(data_dir: Path) -> BrokerInfo | None:
     return BrokerInfo(**json.loads(path.read_text()))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie still answers kill(0); /proc tells the truth
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
 def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
     """True if the broker accepts a TCP connection and answers an ApiVersions request."""
     host, port = bootstrap.rsplit(":", 1)
@@ -138,7 +126,7 @@ def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
 def status(data_dir: Path) -> BrokerInfo | None:
     """The running broker this data folder started, or None."""
     info = read_state(data_dir)
-    if info is None or not _alive(info.pid):
+    if info is None or not pid_alive(info.pid):
         return None
     return info
 
@@ -268,7 +256,7 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
     if info is None:
         return False
     stopped = False
-    if _alive(info.pid):
+    if pid_alive(info.pid):
         os.kill(info.pid, signal.SIGTERM)
         if not _gone_within(info.pid, timeout):
             os.kill(info.pid, signal.SIGKILL)
@@ -282,7 +270,7 @@ def stop(data_dir: Path, timeout: float = 30.0) -> bool:
 
 def _gone_within(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)  # polling interval of a deadline loop

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from daemon import metrics
 from daemon.logging import get_logger
+from daemon.procs import pid_alive
 from learners.core import LearnerState
 from learners.snapshot import (SnapshotUnreadable, fsync_path, is_snapshot, load_snapshot, read_snapshot_info,
                                save_snapshot)
@@ -69,22 +70,12 @@ def remove_stale_temps(root: Path) -> list[Path]:
         if not (d.name.startswith(".") and TEMP_MARK in d.name and d.is_dir()):
             continue
         pid = d.name.rsplit(TEMP_MARK, 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         shutil.rmtree(d, ignore_errors=True)
         log.warning("removed an interrupted snapshot write", path=str(d))
         removed.append(d)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: assume it writes
-    return True
 
 
 def load_newest(root: Path, device: str | None = None) -> tuple[LearnerState, Path] | None:

@@ -25,6 +25,25 @@ EIGENLOOP = Path(sys.executable).parent / "eigenloop"
 # a model small enough to sample and learn quickly on two busy cores
 TINY_LEARNER = {"model": {"n_blocks": 2, "n_layer": 1, "n_embd": 48, "n_head": 2}, "gen_len": 12,
                 "sample_steps": 12, "lr": 3e-4, "seed": 0}
+BOOT_STEPS = 250
+
+
+def loop_settings(kafka_settings, tmp_path: Path, cluster):
+    """A daemon on the tiny model against ``cluster``'s replay, snapshotting every 4 updates."""
+    from schemas.settings import ActorSettings, GroupConfig, GuardSettings, HttpSettings, LearnerSettings
+
+    return kafka_settings.model_copy(update=dict(
+        data_dir=tmp_path / "data",
+        learner=LearnerSettings(config=TINY_LEARNER, snapshot_every_updates=4, bootstrap_steps=BOOT_STEPS,
+                                device="cpu"),
+        http=HttpSettings(port=0),
+        groups=GroupConfig(group_size=4, grace_s=1.0),
+        actor=ActorSettings(cadence_s=2.0, horizon_s=5.0),
+        sources=cluster.sources_settings(),
+        # the guard's interventions are operator-like changes that a replay of learn.groups alone
+        # does not repeat; these tests check that replay, so the guard only measures here
+        guard=GuardSettings(enabled=False),
+    ))
 
 
 class Proc:

@@ -3,43 +3,13 @@ policy → next action, with the real broker, a real Faust worker and the real d
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-
 import pytest
 
 from daemon.learner_loop import model_checksum
 from schemas import Action, BlockUpdate, DeadLetter, GRPOGroup, MarketTrade, SnapshotMarker
-from schemas.settings import ActorSettings, GroupConfig, GuardSettings, HttpSettings, LearnerSettings
 
-from harness import TINY_LEARNER, Proc, ReplayThread, clean_replay, http_port, install_snapshot, read_all, \
+from harness import Proc, ReplayThread, clean_replay, http_port, install_snapshot, loop_settings, read_all, \
     wait_status, write_config
-
-BOOT_STEPS = 250
-
-
-@pytest.fixture(scope="session")
-def tiny_initial_snapshot(tmp_path_factory) -> Path:
-    from learners.bootstrap import ensure_initial_snapshot
-    from learners.core import LearnerConfig
-
-    path = tmp_path_factory.mktemp("initial") / "snapshot"
-    return ensure_initial_snapshot(path, LearnerConfig(**TINY_LEARNER), steps=BOOT_STEPS, progress=False)
-
-
-def loop_settings(kafka_settings, tmp_path: Path, cluster):
-    return kafka_settings.model_copy(update=dict(
-        data_dir=tmp_path / "data",
-        learner=LearnerSettings(config=TINY_LEARNER, snapshot_every_updates=4, bootstrap_steps=BOOT_STEPS,
-                                device="cpu"),
-        http=HttpSettings(port=0),
-        groups=GroupConfig(group_size=4, grace_s=1.0),
-        actor=ActorSettings(cadence_s=2.0, horizon_s=5.0),
-        sources=cluster.sources_settings(),
-        # the guard's interventions are operator-like changes that a replay of learn.groups alone
-        # does not repeat; these tests check that replay, so the guard only measures here
-        guard=GuardSettings(enabled=False),
-    ))
 
 
 def _start_pipeline(s, tmp_path, initial):

@@ -8,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import make_settings
-from schemas.settings import HttpSettings, LearnerSettings
+from schemas.settings import HttpSettings, KafkaSettings, LearnerSettings, Settings
 
-from harness import TINY_LEARNER, Proc, install_snapshot, read_all, write_config
-
-BOOT_STEPS = 120
+from harness import BOOT_STEPS, TINY_LEARNER, Proc, install_snapshot, read_all, write_config
 
 
 def _free_port() -> int:
@@ -26,21 +24,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_snapshot(tmp_path_factory) -> Path:
-    from learners.bootstrap import ensure_initial_snapshot
-    from learners.core import LearnerConfig
-
-    path = tmp_path_factory.mktemp("initial") / "snapshot"
-    return ensure_initial_snapshot(path, LearnerConfig(**TINY_LEARNER), steps=BOOT_STEPS, progress=False)
-
-
 def _settings(bootstrap: str, data_dir: Path, **overrides):
     """Settings on the session broker with a fresh topic prefix; the topics keep months-old records
     (the captures are from 2024: default retention would delete them as they arrive)."""
     from daemon.eventlog.admin import ensure_topics
 
-    s = make_settings(bootstrap, data_dir, http=HttpSettings(port=_free_port()), **overrides)
+    kafka = KafkaSettings(bootstrap=bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.")
+    s = Settings(data_dir=data_dir, kafka=kafka, http=HttpSettings(port=_free_port()), **overrides)
     asyncio.run(ensure_topics(s, partitions=3, keep_all=True))
     return s
 
@@ -56,12 +46,12 @@ def _summary(out: str) -> dict:
 
 @pytest.mark.kafka
 def test_two_paced_replays_take_the_same_actions_and_end_on_the_same_weights(kafka_bootstrap, tmp_path,
-                                                                             tiny_snapshot):
+                                                                             tiny_initial_snapshot):
     runs = []
     for name in ("first", "second"):
         settings = _settings(kafka_bootstrap, tmp_path / name,
                              learner=LearnerSettings(config=TINY_LEARNER, bootstrap_steps=BOOT_STEPS))
-        install_snapshot(tiny_snapshot, settings.data_dir)
+        install_snapshot(tiny_initial_snapshot, settings.data_dir)
         proc = Proc(name, ["run", "--span", "15", "--no-sink", "--status-every", "5"],
                     write_config(settings, tmp_path / f"{name}.yaml")).start()
         try:

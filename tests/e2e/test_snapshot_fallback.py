@@ -6,41 +6,15 @@ where a clean replay of the log ends (each group applied exactly once)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from daemon import snapshots
 from daemon.learner_loop import model_checksum
 from schemas import GRPOGroup, SnapshotMarker
-from schemas.settings import ActorSettings, GroupConfig, GuardSettings, HttpSettings, LearnerSettings
 
-from harness import TINY_LEARNER, Proc, ReplayThread, clean_replay, http_port, install_snapshot, read_all, \
+from harness import Proc, ReplayThread, clean_replay, http_port, install_snapshot, loop_settings, read_all, \
     wait_status, write_config
-
-BOOT_STEPS = 250
-
-
-@pytest.fixture(scope="module")
-def tiny_initial_snapshot(tmp_path_factory) -> Path:
-    from learners.bootstrap import ensure_initial_snapshot
-    from learners.core import LearnerConfig
-
-    path = tmp_path_factory.mktemp("initial") / "snapshot"
-    return ensure_initial_snapshot(path, LearnerConfig(**TINY_LEARNER), steps=BOOT_STEPS, progress=False)
-
-
-def fallback_settings(kafka_settings, tmp_path: Path, cluster):
-    return kafka_settings.model_copy(update=dict(
-        data_dir=tmp_path / "data",
-        learner=LearnerSettings(config=TINY_LEARNER, snapshot_every_updates=4, bootstrap_steps=BOOT_STEPS,
-                                device="cpu"),
-        http=HttpSettings(port=0),
-        groups=GroupConfig(group_size=4, grace_s=1.0),
-        actor=ActorSettings(cadence_s=2.0, horizon_s=5.0),
-        sources=cluster.sources_settings(),
-        guard=GuardSettings(enabled=False),  # its interventions are not in learn.groups: no clean replay
-    ))
 
 
 def logged(proc: Proc, event: str) -> dict:
@@ -53,7 +27,7 @@ def logged(proc: Proc, event: str) -> dict:
 def test_a_truncated_newest_snapshot_falls_back_and_catches_up(kafka_settings, tmp_path, shared_data,
                                                               tiny_initial_snapshot):
     with ReplayThread(shared_data, speed=4.0, symbols=["BTC/USDT"], markets=("spot", "usdm"), social=False) as cluster:
-        s = fallback_settings(kafka_settings, tmp_path, cluster)
+        s = loop_settings(kafka_settings, tmp_path, cluster)
         cfg = write_config(s, tmp_path / "config.yaml")
         worker = Proc("streams", ["streams", "worker"], cfg).start()
         worker.wait_for("streams worker ready", 120)
