@@ -83,6 +83,8 @@ class Actor:
         self._stopping = False
         self.decisions = 0
         self.skipped = 0
+        self.actions_sampled = 0  # candidates sampled, and those of them that parse
+        self.valid_actions = 0
         # a paced replay: ids and seeds derived from (run_key, decision), so the same input gives
         # the same actions; the weights are settled (``before_decide``) before each sample
         self.run_key = run_key
@@ -193,8 +195,11 @@ class Actor:
         self.decisions += 1
         if self.on_decided is not None:
             self.on_decided(actions)
+        valid = sum(1 for a in actions if a.parsed is not None)
+        self.actions_sampled += len(actions)
+        self.valid_actions += valid
         metrics.ACTIONS.inc(len(actions))
-        metrics.INVALID_ACTIONS.inc(sum(1 for a in actions if a.parsed is None))
+        metrics.INVALID_ACTIONS.inc(len(actions) - valid)
         if self.execute is not None and chosen.parsed is not None:
             await self.execute(chosen, d.quote)
         return actions

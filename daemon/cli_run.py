@@ -226,8 +226,9 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
             # the input pauses while the loop works: windows close in event time only
             streams_env["EIGENLOOP_STREAMS__IDLE_CLOSE"] = "false"
         how = "paced by the loop (nothing skipped)" if speed is None else f"at {speed}x (real-time emulation)"
-        if cluster.lockstep is not None and cluster.lockstep.next_shift_ms():
-            how += f", time-shifted {cluster.lockstep.next_shift_ms() / 1000:.0f} s past what this data folder saw"
+        shift_ms = cluster.lockstep.next_shift_ms() if cluster.lockstep is not None else 0
+        if shift_ms:
+            how += f", time-shifted {shift_ms / 1000:.0f} s past what this data folder saw"
         typer.echo(f"[run] replaying {path} {how}: " + ", ".join(f"{x.name} {x.symbols}" for x in cluster.exchanges))
     else:
         typer.echo("[run] live websockets: " + ", ".join(f"{x.name} {x.symbols}" for x in s.sources.exchanges))

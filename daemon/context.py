@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
+from itertools import islice, takewhile
 from dataclasses import dataclass, field
 
 from schemas import BookTicker, Event, MarketTrade, SocialEngagement, SocialPost
@@ -24,12 +25,10 @@ class SymbolWindow:
     quotes: deque[tuple[int, float, float, float, float]] = field(default_factory=lambda: deque(maxlen=MAX_POINTS))
     trades: deque[tuple[int, float, float]] = field(default_factory=lambda: deque(maxlen=MAX_POINTS))
 
-    def mid_at(self, t_ns: int) -> float | None:
-        """Mid of the last quote at or before ``t_ns`` (None before the first)."""
-        q = self.quotes
-        if not q or q[0][0] > t_ns:
-            return None
+    def quotes_upto(self, t_ns: int) -> int:
+        """How many quotes are at or before ``t_ns`` (the last of them is the one in force then)."""
         # quotes arrive in time order per symbol; bisect over the deque's timestamps
+        q = self.quotes
         lo, hi = 0, len(q)
         while lo < hi:
             m = (lo + hi) // 2
@@ -37,7 +36,14 @@ class SymbolWindow:
                 lo = m + 1
             else:
                 hi = m
-        _, bid, _, ask, _ = q[lo - 1]
+        return lo
+
+    def mid_at(self, t_ns: int) -> float | None:
+        """Mid of the last quote at or before ``t_ns`` (None before the first)."""
+        n = self.quotes_upto(t_ns)
+        if n == 0:
+            return None
+        _, bid, _, ask, _ = self.quotes[n - 1]
         return (bid + ask) / 2
 
 
@@ -79,9 +85,8 @@ class ContextWindow:
         w = self.symbols.get(symbol)
         if w is None:
             return []
-        q = list(w.quotes)
-        start = max(0, bisect_left([x[0] for x in q], t_from + 1) - 1)
-        return [x for x in q[start:] if x[0] <= t_to]
+        start = max(0, w.quotes_upto(t_from) - 1)
+        return list(takewhile(lambda x: x[0] <= t_to, islice(w.quotes, start, None)))
 
     def last_quote(self, symbol: str) -> tuple[int, float, float, float, float] | None:
         w = self.symbols.get(symbol)

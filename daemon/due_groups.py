@@ -26,7 +26,6 @@ class DueGroups:
         self._seq = 0
         self._known: set[str] = set()  # opened here and not applied yet
         self.due: deque[str] = deque()  # the apply order
-        self.applied_count = 0
         self._settled = asyncio.Event()
         self._settled.set()
 
@@ -69,9 +68,12 @@ class DueGroups:
         if self.due and self.due[0] == group_id:
             self.due.popleft()
             self._known.discard(group_id)
-            self.applied_count += 1
         if not self.due:
             self._settled.set()
+
+    def watermarks(self) -> dict[str, int]:
+        """``sk`` -> the newest market time seen: where each symbol's input stands."""
+        return dict(self._watermark)
 
     @property
     def open_count(self) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -32,7 +32,7 @@ from daemon.logging import get_logger
 from daemon.policy import ResidentPolicy
 from daemon.side_probe import export_side_probe
 from learners.core import block_checksum
-from schemas import GRPOGroup, SnapshotMarker, encode
+from schemas import GRPOGroup, SnapshotMarker
 from schemas.settings import Settings
 
 log = get_logger("learner")
@@ -74,7 +74,7 @@ class LearnerLoop:
         self._task: asyncio.Task | None = None
         # a paced replay: this process's own groups wait here until ``order`` says they are next
         self.order = order
-        self.held: dict[str, tuple[int, GRPOGroup]] = {}
+        self.held: dict[str, tuple[ConsumerRecord, GRPOGroup]] = {}
         self._read_offset = start_offset
         self.on_applied = on_applied
         self.on_probe = on_probe
@@ -155,7 +155,7 @@ class LearnerLoop:
         return None if hw is None else max(0, hw - self.next_offset)
 
     async def handle(self, records) -> None:
-        groups: list[tuple[int, GRPOGroup]] = []
+        groups: list[tuple[ConsumerRecord, GRPOGroup]] = []
         for rec in records:
             ev, reason = decode_or_none(rec)
             if ev is None or not isinstance(ev, GRPOGroup):
@@ -168,12 +168,12 @@ class LearnerLoop:
                 metrics.GROUPS_IN.labels("duplicate").inc()
                 continue
             if self.order is not None and self.order.knows(ev.group_id):
-                self.held[ev.group_id] = (rec.offset, ev)
+                self.held[ev.group_id] = (rec, ev)
                 continue
             self.recent.add(ev.group_id)
-            groups.append((rec.offset, ev))
+            groups.append((rec, ev))
         last_offset = records[-1].offset
-        offset_of = {id(g): off for off, g in groups}
+        record_of = {id(g): rec for rec, g in groups}
         batches, dropped = plan_batches([g for _, g in groups], self.s.learner.max_pending_groups,
                                         self.s.learner.backpressure)
         if dropped:
@@ -181,15 +181,15 @@ class LearnerLoop:
             metrics.GROUPS_DROPPED.inc(dropped)
             log.warning("learner behind: groups dropped", dropped=dropped, mode=self.s.learner.backpressure)
         for batch in batches:
-            await self.apply(batch, [offset_of[id(g)] for g in batch])
-            self.next_offset = max(self.next_offset, min(self._held_floor(), offset_of[id(batch[-1])] + 1))
+            await self.apply(batch, [record_of[id(g)] for g in batch])
+            self.next_offset = max(self.next_offset, min(self._held_floor(), record_of[id(batch[-1])].offset + 1))
             await self._after_guard()
         self._read_offset = last_offset + 1
         self.next_offset = self._held_floor()
 
     def _held_floor(self) -> int:
         """The offset to resume from: the first group still held, else past everything read."""
-        return min((off for off, _ in self.held.values()), default=self._read_offset)
+        return min((rec.offset for rec, _ in self.held.values()), default=self._read_offset)
 
     async def _after_guard(self) -> None:
         if self._guard_dirty:
@@ -202,15 +202,15 @@ class LearnerLoop:
         if self.order is None:
             return
         while (gid := self.order.head()) is not None and gid in self.held:
-            offset, group = self.held.pop(gid)
+            rec, group = self.held.pop(gid)
             self.recent.add(gid)
-            await self.apply([group], [offset])
+            await self.apply([group], [rec])
             self.order.applied(gid)
             self.next_offset = self._held_floor()
             await self._after_guard()
 
-    async def apply(self, batch: list[GRPOGroup], offsets: Sequence[int] | None = None) -> None:
-        """Learn from ``batch`` (one update); ``offsets`` are its records' offsets in learn.groups."""
+    async def apply(self, batch: list[GRPOGroup], records: list[ConsumerRecord] | None = None) -> None:
+        """Learn from ``batch`` (one update); ``records`` are the learn.groups records it was read from."""
         group = coalesce(batch)
         for g in batch:
             metrics.GROUPS_IN.labels(g.status).inc()
@@ -219,7 +219,7 @@ class LearnerLoop:
         # only this loop steps the model, so the state still describes the step it just took
         refusal = self.policy.state.last_refusal
         if refusal is not None:
-            await self._refused(batch, offsets, refusal)
+            await self._refused(batch, records, refusal)
             return
         for u in updates:
             self.block_checksums[u.block] = u.checksum
@@ -254,19 +254,13 @@ class LearnerLoop:
             if self.on_probe is not None:
                 self.on_probe(self.side_probe)
 
-    async def _refused(self, batch: list[GRPOGroup], offsets: Sequence[int] | None, reason: str) -> None:
+    async def _refused(self, batch: list[GRPOGroup], records: list[ConsumerRecord] | None, reason: str) -> None:
         """The step was refused (advantages, loss or gradients not finite) and changed nothing:
-        its groups go to the dead-letter topic with the reason, and neither the guard nor the run
-        ledger sees them, since nothing was learned from them."""
+        the records it came from go to the dead-letter topic with the reason, and neither the
+        guard nor the run ledger sees them, since nothing was learned from them."""
         metrics.REFUSED_STEPS.inc()
         log.error("learner step refused; groups dead-lettered", groups=[g.group_id for g in batch], reason=reason)
-        for i, g in enumerate(batch):
-            offset = offsets[i] if offsets is not None else -1
-            # the group as read from learn.groups (encoding is deterministic), at its coordinates,
-            # so a dead letter written again after a crash has the same id
-            raw = encode(g)
-            rec = ConsumerRecord(self.groups_topic, 0, offset, g.ts_event // 1_000_000, 0, None, raw, None, -1,
-                                 len(raw), ())
+        for rec in records or ():
             await self.dead_letter(rec, f"learner refused the step: {reason}", "NonFiniteStep")
             metrics.DEAD_LETTERS.labels("learner").inc()
 

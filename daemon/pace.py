@@ -34,7 +34,6 @@ class PaceLink:
         self.on_end = on_end
         self.on_pass = on_pass
         self.passes = 0
-        self.acked = 0
         self.ended = False
         self.connected = False
         self._poke = asyncio.Event()
@@ -90,7 +89,6 @@ class PaceLink:
                     if n != sent:
                         await ws.send(f"ack {n}")
                         sent = n
-                        self.acked = n
         finally:
             listener.cancel()
             with contextlib.suppress(BaseException):

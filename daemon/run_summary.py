@@ -11,6 +11,7 @@ random side's expectation, the mean of the three fills; ``flat`` trades nothing.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,43 +25,42 @@ from streams.rewards import BookPath
 
 MAX_ROWS = 100_000
 
-@dataclass
-class Decision:
-    symbol: str
-    t0_ns: int
-    horizon_ns: int
-
 
 @dataclass
 class RunLedger:
     context: ContextWindow
     reward: RewardConfig
     horizon_s: float
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    # always-on (--loop, live): the summary covers the latest decisions
+    rows: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_ROWS))
     probes: list[dict[str, Any]] = field(default_factory=list)
-    _open: dict[str, Decision] = field(default_factory=dict)
+    _open: dict[str, tuple[str, int]] = field(default_factory=dict)  # group id -> (symbol, t0)
+
+    def __post_init__(self) -> None:
+        # the baselines' fill, in bps as the efficacy benchmark reports them
+        self._fill_cfg = self.reward.model_copy(update={"kind": "pnl"})
+        self._window_ns = (round(self.reward.latency_ms * 1e6), round(self.horizon_s * 1e9))
 
     def opened(self, actions: list[Action]) -> None:
         a = actions[0]
-        self._open[a.group_id] = Decision(a.symbol, a.ts_event, round(self.horizon_s * 1e9))
+        self._open[a.group_id] = (a.symbol, a.ts_event)
         if len(self._open) > MAX_ROWS:  # groups that never came (lost, or a live run's tail)
             del self._open[next(iter(self._open))]
 
     def applied(self, group: GRPOGroup) -> None:
-        d = self._open.pop(group.group_id, None)
-        if d is None or not group.rewards:
+        opened = self._open.pop(group.group_id, None)
+        if opened is None or not group.rewards:
             return  # not this run's decision, or nothing scored
-        latency = round(self.reward.latency_ms * 1e6)
-        ticks = self.context.quotes_between(d.symbol, d.t0_ns + latency, d.t0_ns + d.horizon_ns)
+        symbol, t0 = opened
+        latency, horizon = self._window_ns
+        ticks = self.context.quotes_between(symbol, t0 + latency, t0 + horizon)
         if not ticks:
             return
-        cfg = self.reward.model_copy(update={"kind": "pnl"})
-        fills = side_fills(d.t0_ns, BookPath(ticks), cfg, self.horizon_s)
-        self.rows.append({"symbol": d.symbol, "t0_ns": d.t0_ns, "policy_version": group.policy_version,
+        fills = side_fills(t0, BookPath(ticks), self._fill_cfg, self.horizon_s)
+        self.rows.append({"symbol": symbol, "t0_ns": t0, "policy_version": group.policy_version,
                           "learned": sum(group.rewards) / len(group.rewards),
                           "random": sum(fills.values()) / len(fills), "flat": fills["flat"],
                           "spread": max(group.rewards) - min(group.rewards)})
-        del self.rows[:-MAX_ROWS]  # always-on (--loop, live): the summary covers the latest decisions
 
     def probed(self, probe: dict[str, Any] | None) -> None:
         if probe is not None and (not self.probes or self.probes[-1]["policy_version"] != probe["policy_version"]):
@@ -68,7 +68,7 @@ class RunLedger:
             del self.probes[1:-MAX_ROWS]  # the first probe stays: the summary compares against it
 
     def summary(self) -> dict[str, Any]:
-        rows = self.rows
+        rows = list(self.rows)
         out: dict[str, Any] = {"decisions_scored": len(rows)}
         for name in ("learned", "random", "flat"):
             out[name] = _rounded(mean_se([r[name] for r in rows]))

@@ -101,13 +101,9 @@ class Daemon:
         self.sources: list[Any] = []  # started MarketSource / JetstreamSource, for up/down in status
         self.pace: PaceLink | None = None
         self.due: DueGroups | None = None
-        self.last_ts: dict[tuple[str, str], int] = {}  # (exchange, symbol) -> newest market time
-        self.replay_ended = False
         self.curve: str | None = None
         self.settle_timeouts = 0
         self.drained_passes = 0  # passes whose every group is applied (their summary is ready)
-        self.valid_actions = 0
-        self.actions_out = 0
 
     async def start(self) -> None:
         s = self.s
@@ -236,8 +232,6 @@ class Daemon:
         metrics.EVENTS_IN.labels(ev.type).inc()
         if isinstance(ev, (BookTicker, MarketTrade)):
             self.context.observe(ev)
-            key = (ev.exchange, ev.symbol)
-            self.last_ts[key] = max(self.last_ts.get(key, 0), ev.ts_event)
             if self.due is not None:
                 self.due.observe(f"{ev.exchange}|{ev.symbol}", ev.ts_event)
             self.actor.on_market_event(ev.symbol, ev.exchange, ev.ts_event)
@@ -268,8 +262,6 @@ class Daemon:
 
     def _decided(self, actions: list) -> None:
         self.ledger.opened(actions)
-        self.valid_actions += sum(1 for a in actions if a.parsed is not None)
-        self.actions_out += len(actions)
         if self.due is not None:
             from streams.rewards import horizon_end_ns
 
@@ -277,22 +269,22 @@ class Daemon:
             self.due.opened(a.group_id, f"{a.exchange}|{a.symbol}", [horizon_end_ns(x) for x in actions])
 
     def _pass_begins(self, k: int) -> None:
-        self.replay_ended, self.curve = False, None
+        self.curve = None
         log.info("replay pass begins", lap=k)
 
     async def _end_of_replay(self, lines: int) -> None:
         """The finite replay is over: a watermark per symbol past every horizon closes the last
         groups in event time; once they are applied the run is drained and the curve written."""
         s = self.s
+        assert self.due is not None
         past = round((s.actor.horizon_s + s.groups.grace_s + 1.0) * 1e9)
-        for (exchange, symbol), ts in sorted(self.last_ts.items()):
+        for sk, ts in sorted(self.due.watermarks().items()):
+            exchange, symbol = sk.split("|", 1)
             wm = MarketWatermark(exchange=exchange, symbol=symbol, reason="end of replay", ts_event=ts + past,
                                  key=symbol, source="daemon")
             await self._send("market.events", wm, key=symbol)
         await self.producer.flush()
-        assert self.due is not None
         self.due.end()
-        self.replay_ended = True
         log.info("replay input over", lines=lines, open_groups=self.due.open_count, due=len(self.due.due))
         asyncio.get_running_loop().create_task(self._when_drained(), name="drain")
 
@@ -313,9 +305,9 @@ class Daemon:
             return None
         return {"paced": True, "pass": self.pace.passes - 1, "frames": self.pace.frames(),
                 "link_up": self.pace.connected,
-                "ended": self.replay_ended, "open_groups": self.due.open_count, "due_groups": len(self.due.due),
+                "ended": self.pace.ended, "open_groups": self.due.open_count, "due_groups": len(self.due.due),
                 "held_groups": len(self.learner.held), "settle_timeouts": self.settle_timeouts,
-                "drained": self.replay_ended and self.due.settled() and self.curve is not None,
+                "drained": self.pace.ended and self.due.settled() and self.curve is not None,
                 "drained_passes": self.drained_passes}
 
     async def on_dead_letter(self, dl: DeadLetter) -> None:
@@ -362,7 +354,7 @@ class Daemon:
     async def _snapshot_now(self) -> str:
         return str(await self.learner.snapshot())
 
-    def status(self) -> dict[str, Any]:
+    def status(self, with_summary: bool = True) -> dict[str, Any]:
         lat = sorted(self.learner.latencies)
         p = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 3) if lat else None)
         return {"events": self.events_in, "decisions": self.actor.decisions, "groups": self.learner.groups_applied,
@@ -374,12 +366,14 @@ class Daemon:
                 "market_span_s": round((self.market_last_ns - self.market_first_ns) / 1e9, 1),
                 "side_probe": self.learner.side_probe,
                 "skipped": self.actor.skipped,
-                "valid_share": round(self.valid_actions / self.actions_out, 4) if self.actions_out else None,
-                "replay": self.replay_status(), "summary": self.ledger.summary(), "curve": self.curve,
+                "valid_share": (round(self.actor.valid_actions / self.actor.actions_sampled, 4)
+                                if self.actor.actions_sampled else None),
+                "replay": self.replay_status(), "curve": self.curve,
+                **({"summary": self.ledger.summary()} if with_summary else {}),
                 # events=0 alone does not say why: no input yet, or no stream connected at all
                 "sources": up_down(self.sources)}
 
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(10)
-            log.info("status", **self.status())
+            log.info("status", **self.status(with_summary=False))  # the summary is /status's, not the log's

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from schemas.learn import MAX_CANDIDATES
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -87,8 +89,8 @@ class RewardConfig(_Section):
 
 
 class GroupConfig(_Section):
-    group_size: int = Field(8, ge=2, le=256, description="G: candidates sampled per prompt (a learn.group "
-                            "holds at most 256: schemas.learn.MAX_CANDIDATES)")
+    group_size: int = Field(8, ge=2, le=MAX_CANDIDATES, description="G: candidates sampled per prompt (at most "
+                            "what one learn.group may hold)")
     # "none" (Dr. GRPO): advantages stay in reward units (bps). Dividing by each group's std makes
     # a quiet 5 s, where flat beats long and short by half a spread, as loud a vote as a 5 bps move;
     # the policy then learns "flat" from the spread alone and, all G flat, never learns again

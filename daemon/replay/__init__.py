@@ -80,9 +80,10 @@ class ReplayCluster:
             self.data_path, {m: [_MARKETS[m][1](b) for b in self.bases] for m in self.markets}, speed=clock, host=host)
         self.jetstream = (JetstreamReplayServer(self.data_path, speed=social_speed or clock, host=host)
                           if social else None)
-        self.lockstep = (Lockstep(self.binance, self.jetstream, span_s=span_s, loop=loop, start_after_ns=start_after_ns)
-                         if speed is None else None)
-        if self.lockstep is not None:
+        self.lockstep: Lockstep | None = None
+        if speed is None:
+            self.lockstep = Lockstep(self.binance, self.jetstream, span_s=span_s, loop=loop,
+                                     start_after_ns=start_after_ns)
             self.binance.pace_handler = self.lockstep.handle
         self._starter: asyncio.Task[None] | None = None
 
@@ -155,12 +156,6 @@ class ReplayCluster:
     def pace_url(self) -> str | None:
         """Where the paced client acknowledges frames (``daemon.replay.lockstep``); None unless paced."""
         return self.binance.pace_url if self.lockstep is not None else None
-
-    @property
-    def finished(self) -> bool:
-        if self.lockstep is not None:
-            return self.lockstep.finished.is_set()
-        return self.binance.finished.is_set() and (self.jetstream is None or self.jetstream.finished.is_set())
 
     async def wait_finished(self, timeout: float | None = None) -> None:
         """Until every recording has been played to the end."""

@@ -26,12 +26,7 @@ from schemas.settings import Settings
 TOKEN = "pin-test-admin-token-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box has 2 shared cores
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(seed: int = 0, n_embd: int = 32):

@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from prometheus_client import REGISTRY
 from safetensors.torch import load_file, save_file
 
@@ -27,12 +26,7 @@ TINY = {"model": {"n_blocks": 2, "n_layer": 1, "n_embd": 32, "n_head": 2}, "gen_
         "lr": 3e-4, "seed": 0, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box has 2 shared cores
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def group(i: int) -> GRPOGroup:
