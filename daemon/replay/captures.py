@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-try:  # orjson is a ccxt extra that is installed here; the stdlib is the fallback
+try:  # orjson is declared in pyproject.toml; the stdlib stays as the fallback
     import orjson as _json
 
     def loads(b: bytes | str) -> object:
