@@ -1,9 +1,12 @@
-"""The actor: at a cadence per symbol, prompt → G candidates → Action events → one to the executor.
+"""The actor: at a cadence per market, prompt → G candidates → Action events → one to the executor.
 
-Time is the market's: a decision is due when a symbol's event time passes its next decision
+A market is an (exchange, symbol) pair: BTC/USDT on two venues has two schedules, two contexts
+and two decision streams (``daemon.context``).
+
+Time is the market's: a decision is due when a market's event time passes its next decision
 instant, so replays at any speed and live data decide alike. A decision is taken on the context
 *at* that instant (``t0``), and rewards are scored from the book path after ``t0``, however long
-sampling takes in wall time. While the model is busy, at most one decision per symbol waits;
+sampling takes in wall time. While the model is busy, at most one decision per market waits;
 newer ones replace it and the replaced one is counted as skipped (bounded memory, fresh context).
 """
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from daemon import metrics
-from daemon.context import ContextWindow
+from daemon.context import ContextWindow, Market
 from daemon.policy import ResidentPolicy
 from learners.grammar import Invalid, format_market_prompt, parse_action
 from schemas import Action, MarketActionSpec, Prompt, deterministic_event_id
@@ -74,8 +77,8 @@ class Actor:
         self.execute = execute
         self.cfg = actor
         self.group_size = groups.group_size
-        self._next_due: dict[str, int] = {}
-        self._pending: dict[str, Decision] = {}
+        self._next_due: dict[Market, int] = {}
+        self._pending: dict[Market, Decision] = {}
         self._wake = asyncio.Event()
         self._rng = random.Random(seed)
         self._seed_rng = random.Random(seed + 1)
@@ -97,33 +100,42 @@ class Actor:
         """No decision waiting or being taken."""
         return not self._pending and not self._deciding
 
-    def on_market_event(self, symbol: str, exchange: str, ts_event: int) -> None:
+    def on_market_event(self, exchange: str, symbol: str, ts_event: int) -> None:
         """Called for every market record after the context saw it: schedules due decisions."""
         cadence = int(self.cfg.cadence_s * 1e9)
-        due = self._next_due.get(symbol)
+        market = (exchange, symbol)
+        due = self._next_due.get(market)
         if due is None:
-            self._next_due[symbol] = ts_event + cadence  # one cadence of context before the first
+            self._next_due[market] = ts_event + cadence  # one cadence of context before the first
             return
         if ts_event < due:
             return
-        self._next_due[symbol] = due + cadence * max(1, (ts_event - due) // cadence + 1)
-        features = self.context.features(symbol, ts_event)
-        quote = self.context.last_quote(symbol)
+        self._next_due[market] = due + cadence * max(1, (ts_event - due) // cadence + 1)
+        features = self.context.features(exchange, symbol, ts_event)
+        quote = self.context.last_quote(exchange, symbol)
         if features is None or quote is None:
             return
-        if symbol in self._pending:
+        if market in self._pending:
             self.skipped += 1
             metrics.DECISIONS_SKIPPED.inc()
-        self._pending[symbol] = Decision(symbol, exchange, ts_event, features, quote)
+        self._pending[market] = Decision(symbol, exchange, ts_event, features, quote)
         self._wake.set()
 
-    def take_due(self, symbol: str) -> Decision | None:
-        """The decision scheduled for ``symbol``, removed from the queue: for a caller that drives
-        ``decide`` itself (benchmarks, replays) instead of running the actor's task."""
-        return self._pending.pop(symbol, None)
+    def take_due(self, exchange: str, symbol: str) -> Decision | None:
+        """The decision scheduled for (``exchange``, ``symbol``), removed from the queue: for a
+        caller that drives ``decide`` itself (benchmarks, replays) instead of running the actor's task."""
+        return self._pending.pop((exchange, symbol), None)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="actor")
+
+    @property
+    def task(self) -> asyncio.Task | None:
+        return self._task
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Finish the decision in hand (all of a group's candidates go out, or none), then stop."""
@@ -142,10 +154,10 @@ class Actor:
             await self._wake.wait()
             self._wake.clear()
             while self._pending and not self._stopping:
-                symbol = next(iter(self._pending))
+                market = next(iter(self._pending))
                 self._deciding = True
                 try:
-                    await self.decide(self._pending.pop(symbol))
+                    await self.decide(self._pending.pop(market))
                 finally:
                     self._deciding = False
                     if self.on_idle is not None and not self._pending:

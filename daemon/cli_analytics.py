@@ -14,6 +14,9 @@ from typing import Optional
 
 import typer
 
+from daemon.analytics import collapse
+from daemon.cli_context import fail, settings
+
 analytics_app = typer.Typer(no_args_is_help=False, invoke_without_command=True,
                             help="Learning analytics in ClickHouse (embedded chdb by default).")
 
@@ -26,16 +29,9 @@ class Format(str, Enum):
 
 def _settings():
     from daemon.analytics.store import quiet_driver_logs
-    from daemon.cli import settings
 
     quiet_driver_logs()
     return settings()
-
-
-def _fail(message: str) -> typer.Exit:
-    from daemon.cli import fail
-
-    return fail(message)
 
 
 def _emit(name: str, results: dict, fmt: Format, plot: Optional[Path]) -> None:
@@ -56,7 +52,7 @@ def _emit(name: str, results: dict, fmt: Format, plot: Optional[Path]) -> None:
         try:
             render(name, results, plot)
         except OSError as e:
-            raise _fail(f"cannot write {plot}: {e.strerror or e}")
+            raise fail(f"cannot write {plot}: {e.strerror or e}")
         if fmt is Format.table:
             typer.echo(f"plot written to {plot}")
 
@@ -70,7 +66,7 @@ def _run(name: str, fmt: Format, plot: Optional[Path], sql: Optional[str] = None
         with reader(_settings()) as store:
             results = reports.run_sql(store, sql) if sql is not None else reports.run_report(store, name)
     except AnalyticsError as e:
-        raise _fail(str(e))
+        raise fail(str(e))
     _emit(name, results, fmt, plot)
 
 
@@ -133,7 +129,7 @@ def migrate_command() -> None:
                 return
             applied = migrate(store, store.database)
     except AnalyticsError as e:
-        raise _fail(str(e))
+        raise fail(str(e))
     if applied:
         for line in applied:
             typer.echo(f"applied {line}")
@@ -154,7 +150,7 @@ def status_command(fmt: Format = FORMAT_OPT) -> None:
                 f"SELECT name AS table, engine, total_rows FROM system.tables WHERE database = '{store.database}' "
                 "AND NOT startsWith(name, '.inner') ORDER BY name", readonly=True))}
     except AnalyticsError as e:
-        raise _fail(str(e))
+        raise fail(str(e))
     if fmt is Format.table:
         typer.echo(f"store: {where}")
     _emit("status", results, fmt, None)
@@ -191,9 +187,9 @@ def sink_command(group_id: str = typer.Option("eigenloop-analytics-sink", help="
     try:
         asyncio.run(main())
     except AnalyticsError as e:
-        raise _fail(str(e))
+        raise fail(str(e))
     except (KafkaError, BrokerError, OSError) as e:  # broker unreachable or not started
-        raise _fail(f"kafka: {e}")
+        raise fail(f"kafka: {e}")
 
 
 def register(app: typer.Typer) -> None:
@@ -204,7 +200,38 @@ def register(app: typer.Typer) -> None:
     app.command("replay")(replay_command)
 
 
-# issue 9: the collapse report registers itself (its own options, computed in Python)
-from daemon.analytics.collapse import register as _register_collapse  # noqa: E402
+@analytics_app.command("collapse")
+def collapse_command(fmt: Format = FORMAT_OPT, plot: Optional[Path] = PLOT_OPT,
+                     window: Optional[int] = typer.Option(None, "--window", min=1, help="groups per window "
+                                                          f"(default {collapse.DEFAULT_WINDOW}, the guard's)"),
+                     last: int = typer.Option(20_000, "--last", min=1, help="only the newest this-many groups"),
+                     floor: float = typer.Option(collapse.DEFAULT_FLOOR, "--floor",
+                                                 help="entropy floor to draw and compare, bits")) -> None:
+    """Diversity of the generated actions over time, and whether (and since when) it is falling."""
+    # issue 9: its own options, and computed in Python (the entropy needs the grammar's parser)
+    from daemon.analytics import reports
+    from daemon.analytics.access import reader
+    from daemon.analytics.store import AnalyticsError
 
-_register_collapse(analytics_app)
+    try:
+        with reader(_settings()) as store:
+            groups, updates, guard = collapse.query(store, last)
+    except AnalyticsError as e:
+        raise fail(str(e))
+    results, trend = collapse.compute(groups, updates, guard, window, floor)
+    if fmt is Format.json:
+        typer.echo(reports.to_json(results, "collapse"))
+    elif fmt is Format.csv:
+        typer.echo(reports.to_csv(results), nl=False)
+    else:
+        from rich.console import Console
+
+        typer.echo(trend.statement)
+        reports.to_tables({k: v for k, v in results.items() if k != "verdict"}, Console().print)
+    if plot is not None:
+        try:
+            collapse.render(results, trend, plot, floor)
+        except OSError as e:
+            raise fail(f"cannot write {plot}: {e.strerror or e}")
+        if fmt is Format.table:
+            typer.echo(f"plot written to {plot}")

@@ -49,7 +49,7 @@ def efficacy(
     set_: list[str] = typer.Option([], "--set", help="any EfficacyConfig field as key=JSON, e.g. --set lr=3e-3"),
 ) -> None:
     """Does the loop learn? Learned policy vs random, flat, imbalance heuristic and hindsight."""
-    from daemon.cli import fail
+    from daemon.cli_context import fail
     from daemon.efficacy import EfficacyConfig, run_efficacy
     from daemon.efficacy.markdown import render_markdown
 

@@ -21,31 +21,38 @@ LIVE_FLAG = "--i-understand-live-trading"
 
 
 def _settings():
-    from daemon.cli import settings
+    from daemon.cli_context import settings
 
     return settings()
 
 
-def live_exchange_from_env(settings):
-    """The ccxt exchange that live orders go to: the first configured exchange, with its keys from
-    ``EIGENLOOP_EXCHANGE_<NAME>_API_KEY`` / ``_SECRET`` (Kubernetes Secret references, never
-    settings files)."""
+def live_venues_from_env(settings):
+    """One ccxt exchange per configured venue (``sources.exchanges``), keyed by its name, which is
+    what ``Action.exchange`` carries; each with its keys from ``EIGENLOOP_EXCHANGE_<NAME>_API_KEY``
+    / ``_SECRET`` (Kubernetes Secret references, never settings files) and its ``rest_url``."""
     import os
 
-    import ccxt.pro as ccxtpro
-
     from daemon.errors import ConfigError
-
-    name = settings.sources.exchanges[0].name
-    key = os.environ.get(f"EIGENLOOP_EXCHANGE_{name.upper()}_API_KEY")
-    secret = os.environ.get(f"EIGENLOOP_EXCHANGE_{name.upper()}_SECRET")
-    if not key or not secret:
-        raise ConfigError(f"live trading on {name} needs EIGENLOOP_EXCHANGE_{name.upper()}_API_KEY and _SECRET")
+    from daemon.live_executor import LiveVenue
     from daemon.logging import register_secret
+    from daemon.sources.ccxt_glue import make_exchange
 
-    register_secret(key)
-    register_secret(secret)
-    return getattr(ccxtpro, name)({"apiKey": key, "secret": secret, "enableRateLimit": True})
+    venues = {}
+    timeout_ms = int(settings.executor.order_timeout_s * 1000)
+    for x in settings.sources.exchanges:
+        key = os.environ.get(f"EIGENLOOP_EXCHANGE_{x.name.upper()}_API_KEY")
+        secret = os.environ.get(f"EIGENLOOP_EXCHANGE_{x.name.upper()}_SECRET")
+        if not key or not secret:
+            raise ConfigError(f"live trading on {x.name} needs EIGENLOOP_EXCHANGE_{x.name.upper()}_API_KEY and _SECRET")
+        register_secret(key)
+        register_secret(secret)
+        # recvWindow = the request timeout: a request that reaches Binance later than that is
+        # refused there, so one we gave up on cannot fill behind the retry's lookup
+        ex = make_exchange(x.name, x.symbols, rest_url=x.rest_url,
+                           options={"recvWindow": timeout_ms, "fetchCurrencies": False, "fetchMargins": False})
+        ex.apiKey, ex.secret, ex.timeout = key, secret, timeout_ms
+        venues[x.name] = LiveVenue(x.name, ex, list(x.symbols))
+    return venues
 
 
 async def serve_daemon(settings, *, live_ack: bool, stop: asyncio.Event | None = None) -> None:
@@ -53,9 +60,9 @@ async def serve_daemon(settings, *, live_ack: bool, stop: asyncio.Event | None =
     from daemon.runtime import Daemon
 
     jetstream = settings.sources.jetstream_url if settings.sources.social else None
-    live_exchange = live_exchange_from_env(settings) if settings.executor.mode == "live" and live_ack else None
+    live_venues = live_venues_from_env(settings) if settings.executor.mode == "live" and live_ack else None
     daemon = Daemon(settings, jetstream_url=jetstream, live_trading_acknowledged=live_ack,
-                    live_exchange=live_exchange)
+                    live_venues=live_venues)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -76,14 +83,13 @@ def register(app: typer.Typer) -> None:
     def daemon_cmd(i_understand_live_trading: bool = typer.Option(False, LIVE_FLAG,
                    help="with EIGENLOOP_LIVE_TRADING=1 and executor.mode=live: send real orders")) -> None:
         """The daemon process alone: sources, actor, executor, learner loop, HTTP (needs a broker)."""
-        from daemon.cli import fail
+        from daemon.cli_context import fail
         from daemon.errors import EigenloopError
-        from daemon.kafka_local import BrokerError
 
         s = _settings()
         try:
             asyncio.run(serve_daemon(s, live_ack=i_understand_live_trading))
-        except (EigenloopError, BrokerError) as e:
+        except EigenloopError as e:  # BrokerError included
             raise fail(str(e))
 
     app.add_typer(snapshot_app, name="snapshot")
@@ -128,7 +134,7 @@ def _daemon_answers() -> bool:
 @snapshot_app.command("now")
 def snapshot_now() -> None:
     """Ask the running daemon to write a snapshot now and wait for it (the preStop hook)."""
-    from daemon.cli import fail
+    from daemon.cli_context import fail
     from daemon.errors import ConfigError
 
     try:
@@ -165,7 +171,7 @@ def snapshot_list(as_json: bool = typer.Option(False, "--json")) -> None:
 @kill_app.command("on")
 def kill_on() -> None:
     """Engage: the flag file is written durably (survives restarts) and the running daemon is told."""
-    from daemon.cli import fail
+    from daemon.cli_context import fail
     from daemon.errors import ConfigError
     from daemon.executors import kill_switch_path, write_flag
 
@@ -202,7 +208,7 @@ def kill_on() -> None:
 @kill_app.command("off")
 def kill_off() -> None:
     """Release: tell the running daemon (it removes the flag file), else remove the flag file."""
-    from daemon.cli import fail
+    from daemon.cli_context import fail
     from daemon.errors import ConfigError
     from daemon.executors import kill_switch_path, remove_flag
 
@@ -266,7 +272,7 @@ def _pin(snapshot: Path, blocks: list[int], reason: str) -> None:
     """Online through the running daemon when one answers, else offline on the data folder's
     newest snapshot (written as a new, newer snapshot; the daemon loads it on start)."""
     from daemon import snapshots
-    from daemon.cli import fail
+    from daemon.cli_context import fail
     from daemon.errors import ConfigError
     from learners.snapshot import is_snapshot, pin_blocks
 
@@ -286,10 +292,15 @@ def _pin(snapshot: Path, blocks: list[int], reason: str) -> None:
         pass  # no daemon running: work on the snapshots on disk
     s = _settings()
     root = snapshots.snapshot_root(s.data_dir)
-    newest = snapshots.newest_snapshot(root)
-    if newest is None:
+    # the newest snapshot that loads, as the daemon's own start picks it (a torn newest one is
+    # reported and skipped): pinning into it writes what the daemon would resume from
+    try:
+        found = snapshots.load_newest(root, device="cpu")
+    except snapshots.SnapshotUnreadable as e:
+        raise fail(str(e))
+    if found is None:
         raise fail(f"no snapshot under {root} to pin into")
-    state = snapshots.load(newest, device="cpu")
+    state, newest = found
     n = len(state.model.blocks)
     if not blocks or any(not 0 <= b < n for b in blocks):
         raise fail(f"blocks {blocks}: the model has blocks 0..{n - 1}")
@@ -309,7 +320,7 @@ def learner_pin_blocks(snapshot: Path = typer.Option(..., help="snapshot to take
                        blocks: str = typer.Option(..., help="comma-separated block indices, e.g. 0,2"),
                        reason: str = typer.Option("operator rollback", help="recorded in the GuardAction")) -> None:
     """Roll back some blocks to a snapshot (weights + optimizer); the others keep learning."""
-    from daemon.cli import fail
+    from daemon.cli_context import fail
 
     try:
         idx = [int(b) for b in blocks.split(",") if b.strip()]
@@ -322,7 +333,7 @@ def learner_pin_blocks(snapshot: Path = typer.Option(..., help="snapshot to take
 def learner_rollback(snapshot: Path = typer.Option(..., help="snapshot whose whole policy to restore"),
                      reason: str = typer.Option("operator rollback", help="recorded in the GuardAction")) -> None:
     """Roll the whole policy back to a snapshot's weights; the log position is kept (no re-learning)."""
-    from daemon.cli import fail
+    from daemon.cli_context import fail
     from learners.snapshot import is_snapshot, read_snapshot_info
 
     if not is_snapshot(snapshot):

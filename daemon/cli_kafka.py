@@ -8,24 +8,18 @@ import json
 import typer
 
 from daemon import kafka_local
+from daemon.cli_context import fail, settings
 
 kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (KRaft, 127.0.0.1).")
 topics_app = typer.Typer(no_args_is_help=True, help="The topic catalogue.")
-
-
-def _settings():
-    from daemon.cli import settings
-
-    return settings()
 
 
 @kafka_app.command("start")
 def kafka_start(port: int = typer.Option(0, help="listener port; 0 picks a free one"),
                 heap: str = typer.Option("512m", help="broker JVM heap")) -> None:
     """Fetch the jars if needed, format KRaft storage, start the broker and wait until it answers."""
-    from daemon.cli import fail
 
-    s = _settings()
+    s = settings()
     try:
         info = kafka_local.start(s.data_dir, port=port or None, heap=heap)
     except kafka_local.BrokerError as e:
@@ -36,7 +30,7 @@ def kafka_start(port: int = typer.Option(0, help="listener port; 0 picks a free 
 @kafka_app.command("stop")
 def kafka_stop() -> None:
     """Stop the broker this data folder started, by PID."""
-    s = _settings()
+    s = settings()
     if kafka_local.stop(s.data_dir):
         typer.echo("kafka broker stopped")
     else:
@@ -46,7 +40,7 @@ def kafka_stop() -> None:
 @kafka_app.command("status")
 def kafka_status() -> None:
     """Say whether the local broker runs and answers; exit 1 if not."""
-    s = _settings()
+    s = settings()
     info = kafka_local.status(s.data_dir)
     if info is None:
         typer.echo("kafka broker: not running")
@@ -60,11 +54,10 @@ def kafka_status() -> None:
 @topics_app.command("ensure")
 def topics_ensure(partitions: int = typer.Option(0, help="override every topic's partition count (0: catalogue)")) -> None:
     """Create every catalogue topic that is missing; safe to run any number of times."""
-    from daemon.cli import fail
     from daemon.eventlog.admin import ensure_topics
     from daemon.eventlog.connection import bootstrap_for
 
-    s = _settings()
+    s = settings()
     try:
         bootstrap = bootstrap_for(s)
         created, existing = asyncio.run(ensure_topics(s, partitions=partitions or None))
@@ -82,7 +75,7 @@ def topics_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Print the catalogue: name, key, partitions, retention, dead-letter partner."""
     from schemas.topics import catalogue
 
-    s = _settings()
+    s = settings()
     rows = [dict(name=t.name, key=t.key, partitions=t.partitions, retention_ms=t.retention_ms,
                  compacted=t.compacted, dead_letter=t.dead_letter) for t in catalogue(s.kafka.topic_prefix)]
     if as_json:

@@ -24,6 +24,7 @@ from typing import Optional
 import typer
 
 from daemon.cli_daemon import LIVE_FLAG
+from daemon.errors import ConfigError
 
 
 def _eigenloop_argv() -> list[str]:
@@ -39,18 +40,14 @@ def _daemon_status(port: int) -> dict | None:
         return None
 
 
-class ConfigurationError(Exception):
-    """A configuration that cannot run, found before anything starts."""
-
-
 def streams_command(s) -> list[str]:
     """The streams child: the Faust worker, or the PyFlink job on a local mini-cluster when
     ``streams.engine`` is ``flink`` (restarted from its latest checkpoint after a crash)."""
     if s.streams.engine == "flink":
-        from daemon.cli_streams import _flink_python
+        from daemon.cli_streams import flink_python
 
-        if _flink_python() is None:
-            raise ConfigurationError("streams.engine=flink needs PyFlink: run `make flink-setup` first "
+        if flink_python() is None:
+            raise ConfigError("streams.engine=flink needs PyFlink: run `make flink-setup` first "
                                   "(or set EIGENLOOP_FLINK_PYTHON)")
         return ["streams", "flink", "--local", "--restore", "auto"]
     return ["streams", "worker"]
@@ -136,7 +133,7 @@ async def ensure_model(s, env: dict[str, str], started: Started) -> Path:
     typer.echo(f"[run] model bootstrap running (pid {started.bootstrap.pid})")
     rc = await started.bootstrap.wait()
     if rc != 0:
-        raise ConfigurationError(f"bootstrapping the initial model failed (exit {rc}); see the output above")
+        raise ConfigError(f"bootstrapping the initial model failed (exit {rc}); see the output above")
     return snapshots.newest_snapshot(root) or s.learner.initial_snapshot or root / "0000000000-bootstrap"
 
 
@@ -324,8 +321,8 @@ def register(app: typer.Typer) -> None:
             i_understand_live_trading: bool = typer.Option(False, LIVE_FLAG)) -> None:
         """Everything: broker (unless configured), topics, streams worker, analytics sink, daemon;
         replay of ../shared/data by default. Runs until SIGTERM."""
-        from daemon.cli import fail, settings
-        from daemon.errors import ConfigError, ReplayError
+        from daemon.cli_context import fail, settings
+        from daemon.errors import ReplayError
         from daemon.kafka_local import BrokerError
 
         s = settings()
@@ -346,5 +343,5 @@ def register(app: typer.Typer) -> None:
                                 symbols=[x.strip() for x in symbols.split(",") if x.strip()], duration=duration,
                                 live_ack=i_understand_live_trading, sink=sink, status_every=status_every,
                                 streams_argv=streams_argv, loop=loop))
-        except (BrokerError, ConfigurationError, ConfigError, ReplayError) as e:
+        except (BrokerError, ConfigError, ReplayError) as e:
             raise fail(str(e))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from daemon.cli_context import config_path, fail, settings
+
 streams_app = typer.Typer(no_args_is_help=True, help="Stream processors: rewards and GRPO groups.")
 
 
@@ -13,17 +15,17 @@ streams_app = typer.Typer(no_args_is_help=True, help="Stream processors: rewards
 def worker(loglevel: str = typer.Option("warning", help="faust/worker log level")) -> None:
     """Run the streams worker until SIGINT/SIGTERM (state comes back from Kafka on restart)."""
     from daemon import kafka_local
-    from daemon.cli import fail, settings
-    from daemon.eventlog.connection import bootstrap_for
+    from daemon.eventlog.connection import client_kwargs
 
     s = settings()
     try:
-        bootstrap = bootstrap_for(s)
-    except kafka_local.BrokerError as e:
+        # the worker's clients get what every daemon client gets: streams does not import daemon
+        client_kw = client_kwargs(s)
+    except (kafka_local.BrokerError, ValueError) as e:  # no broker; SASL settings that cannot log in
         raise fail(str(e))
     from streams.app import run_worker
 
-    run_worker(s, bootstrap, loglevel=loglevel)
+    run_worker(s, client_kw, loglevel=loglevel)
 
 
 @streams_app.command("flink")
@@ -45,7 +47,6 @@ def flink(
     import os
 
     from daemon import kafka_local
-    from daemon.cli import _state, fail, settings
     from daemon.eventlog.connection import bootstrap_for
 
     s = settings()
@@ -55,7 +56,7 @@ def flink(
         raise fail(str(e))
     if local and jobmanager:
         raise fail("--local and --jobmanager exclude each other")
-    python = _flink_python()
+    python = flink_python()
     if python is None:
         raise fail("PyFlink is not installed: run `make flink-setup` (or set EIGENLOOP_FLINK_PYTHON)")
     argv = [python, "-m", "streams.flink_job", "--bootstrap", bootstrap]
@@ -72,13 +73,13 @@ def flink(
             raise fail(f"--topic {item!r}: expected NAME=TOPIC")
         argv += [f"--topic-{name.replace('.', '-')}", physical]
     env = dict(os.environ)
-    if _state.get("config"):
-        env["EIGENLOOP_CONFIG"] = str(Path(str(_state["config"])).resolve())
+    if config_path():
+        env["EIGENLOOP_CONFIG"] = str(Path(config_path()).resolve())
     # replace this process: signals reach the job directly and its exit code is ours
     os.execve(python, argv, env)
 
 
-def _flink_python() -> str | None:
+def flink_python() -> str | None:
     """The interpreter that has PyFlink: EIGENLOOP_FLINK_PYTHON, the project's Flink venv
     (`make flink-setup`), or this one if PyFlink happens to be importable here."""
     import importlib.util

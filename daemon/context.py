@@ -1,8 +1,13 @@
 """The actor's view of each market: a bounded window of recent quotes, trades and social counts.
 
-Fed with normalised records in arrival order; ``features(now_ns)`` turns it into the numbers the
-prompt shows: recent returns, spread, top-of-book imbalance, traded volume and social activity.
-Memory is bounded by time (``window_s``) and by count, whatever the event rate.
+Fed with normalised records in arrival order; ``features(exchange, symbol, now_ns)`` turns it
+into the numbers the prompt shows: recent returns, spread, top-of-book imbalance, traded volume
+and social activity. Memory is bounded by time (``window_s``) and by count, whatever the event rate.
+
+A market is an (exchange, symbol) pair, as the stream processor keys it (``exchange|symbol``):
+BTC/USDT on Binance and on OKX are two windows. Their prices differ, and their clocks may be
+years apart (replays of captures from different days), so one shared window would mix two books
+and drop one venue's quotes as "late".
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class SymbolWindow:
 
     def quotes_upto(self, t_ns: int) -> int:
         """How many quotes are at or before ``t_ns`` (the last of them is the one in force then)."""
-        # quotes arrive in time order per symbol; bisect over the deque's timestamps
+        # quotes arrive in time order per market; bisect over the deque's timestamps
         q = self.quotes
         lo, hi = 0, len(q)
         while lo < hi:
@@ -47,25 +52,28 @@ class SymbolWindow:
         return (bid + ask) / 2
 
 
+Market = tuple[str, str]  # (exchange, symbol)
+
+
 class ContextWindow:
-    """Per-symbol windows keyed by symbol; social activity shared across symbols."""
+    """One window per market, keyed by (exchange, symbol); social activity shared by all."""
 
     def __init__(self, window_s: float = 300.0):
         self.window_ns = int(window_s * 1e9)
-        self.symbols: dict[str, SymbolWindow] = {}
+        self.markets: dict[Market, SymbolWindow] = {}
         self.social: deque[tuple[int, str]] = deque(maxlen=MAX_POINTS)
 
     def observe(self, ev: Event) -> None:
         if isinstance(ev, BookTicker):
             if ev.bid_price <= 0 or ev.ask_price <= 0:
                 return
-            w = self.symbols.setdefault(ev.symbol, SymbolWindow())
+            w = self.markets.setdefault((ev.exchange, ev.symbol), SymbolWindow())
             if w.quotes and ev.ts_event < w.quotes[-1][0]:
                 return  # a late quote would break the time order the bisects rely on
             w.quotes.append((ev.ts_event, ev.bid_price, ev.bid_qty, ev.ask_price, ev.ask_qty))
             self._trim(w.quotes, ev.ts_event)
         elif isinstance(ev, MarketTrade):
-            w = self.symbols.setdefault(ev.symbol, SymbolWindow())
+            w = self.markets.setdefault((ev.exchange, ev.symbol), SymbolWindow())
             if w.trades and ev.ts_event < w.trades[-1][0]:
                 return
             w.trades.append((ev.ts_event, ev.price, ev.qty))
@@ -79,22 +87,23 @@ class ContextWindow:
         while dq and dq[0][0] < cutoff:
             dq.popleft()
 
-    def quotes_between(self, symbol: str, t_from: int, t_to: int) -> list[tuple[int, float, float, float, float]]:
+    def quotes_between(self, exchange: str, symbol: str, t_from: int,
+                       t_to: int) -> list[tuple[int, float, float, float, float]]:
         """The quote in force at ``t_from`` and every later one through ``t_to`` (the book path a
         fill needs), as far as the window still holds them."""
-        w = self.symbols.get(symbol)
+        w = self.markets.get((exchange, symbol))
         if w is None:
             return []
         start = max(0, w.quotes_upto(t_from) - 1)
         return list(takewhile(lambda x: x[0] <= t_to, islice(w.quotes, start, None)))
 
-    def last_quote(self, symbol: str) -> tuple[int, float, float, float, float] | None:
-        w = self.symbols.get(symbol)
+    def last_quote(self, exchange: str, symbol: str) -> tuple[int, float, float, float, float] | None:
+        w = self.markets.get((exchange, symbol))
         return w.quotes[-1] if w and w.quotes else None
 
-    def features(self, symbol: str, now_ns: int) -> dict[str, float] | None:
-        """The prompt's features at ``now_ns``; None until the symbol has a quote."""
-        w = self.symbols.get(symbol)
+    def features(self, exchange: str, symbol: str, now_ns: int) -> dict[str, float] | None:
+        """The prompt's features at ``now_ns``; None until the market has a quote."""
+        w = self.markets.get((exchange, symbol))
         if w is None or not w.quotes:
             return None
         mid_now = w.mid_at(now_ns)

@@ -1,43 +1,27 @@
-"""The one exception root for daemon code.
+"""The one exception root of the daemon's errors: ``except EigenloopError`` catches every failure
+the daemon reports on purpose, and the CLI prints it as one line.
 
-Callers decide what to do from the ``retriable`` flag rather than by listing classes: a
-supervisor retries (with backoff) what is retriable and gives up, loudly, on the rest.
+There is no retry flag on it. Retries are decided where the failure is understood: the process
+supervisor restarts children by exit status, the sources reconnect on their transports' own
+errors, and event delivery goes by aiokafka's ``retriable``. (An earlier ``retriable`` here was
+read by nothing, issue 19.)
+
+Packages that may not import ``daemon`` (``schemas``, ``learners``, ``streams``) cannot derive from
+it: their errors are ``ValueError`` subclasses of their own (``SettingsError``, ``DecodeError``, ...).
 """
 
 from __future__ import annotations
 
 
 class EigenloopError(RuntimeError):
-    """Root of every error raised by eigenloop's daemon code.
-
-    ``retriable``: doing the same thing again later can succeed (a dropped connection, a broker
-    that is still starting). Not retriable: the input or the configuration is wrong, and
-    retrying would fail the same way.
-    """
-
-    retriable: bool = False
-
-    def __init__(self, message: str = "", *, retriable: bool | None = None) -> None:
-        super().__init__(message)
-        if retriable is not None:
-            self.retriable = retriable
+    """Root of every error raised by eigenloop's daemon code."""
 
 
 class ConfigError(EigenloopError):
-    """A setting cannot work (unknown exchange, no symbols, a bad URL)."""
+    """A setting cannot work (unknown exchange, no symbols, a bad URL, an engine not installed)."""
 
 
-class SourceError(EigenloopError):
-    """A data source failed."""
-
-
-class StreamDropped(SourceError):
-    """A websocket stream closed or failed; the supervisor reconnects it."""
-
-    retriable = True
-
-
-class MalformedInput(SourceError):
+class MalformedInput(EigenloopError):
     """A frame or record that cannot be parsed or normalised; it goes to the dead letters."""
 
 

@@ -1,22 +1,23 @@
-"""Executors: where the chosen candidate goes. Paper by default; live only behind two switches.
+"""Executors: where the chosen candidate goes. Paper by default; live (``daemon.live_executor``)
+only behind two switches.
 
-Every executor passes through the same gate before an order: the kill switch, then the hard
-limits (notional per order, absolute position per symbol, orders per minute). A refused order is
-counted with its reason and never retried.
+Every executor passes through the same gate before an order (``daemon.risk_state.RiskGate``):
+the kill switch, then the hard limits (notional per order, absolute position per (exchange,
+symbol), orders per minute). A refused order is counted with its reason and never retried.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon import metrics
 from daemon.errors import EigenloopError
 from daemon.logging import get_logger
+from daemon.risk_state import RiskGate, fsync_dir, write_durably
 from schemas import Action
 from schemas.settings import ExecutorSettings, Settings
 
@@ -35,25 +36,10 @@ def kill_switch_path(settings: Settings) -> Path:
     return (configured if configured is not None else Path(settings.data_dir) / "KILL").absolute()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_flag(flag_file: Path, reason: str) -> None:
     """Create the flag durably: the file and its directory entry are on disk when this returns,
     so an engaged kill switch survives a crash or a node loss right after it was acknowledged."""
-    flag_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = flag_file.with_name(f".{flag_file.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(f"engaged: {reason}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, flag_file)
-    _fsync_dir(flag_file.parent)
+    write_durably(flag_file, f"engaged: {reason}\n")
 
 
 def remove_flag(flag_file: Path) -> None:
@@ -62,7 +48,7 @@ def remove_flag(flag_file: Path) -> None:
         flag_file.unlink()
     except FileNotFoundError:
         return
-    _fsync_dir(flag_file.parent)
+    fsync_dir(flag_file.parent)
 
 
 def flag_present(flag_file: Path) -> bool | None:
@@ -138,119 +124,81 @@ class Fill:
     group_id: str
 
 
-@dataclass
-class RiskGate:
-    cfg: ExecutorSettings
-    kill: KillSwitch
-    positions: dict[str, float] = field(default_factory=dict)  # signed notional per symbol
-    _recent: deque = field(default_factory=deque)
+@dataclass(frozen=True)
+class Order:
+    """What an action asks an executor for, before any limit is checked."""
 
-    def check(self, symbol: str, signed_notional: float, now: float | None = None) -> str | None:
-        """None if the order may go, else the reason it may not."""
-        if self.kill.engaged:
-            return f"kill switch engaged ({self.kill.reason})"
-        if abs(signed_notional) > self.cfg.max_notional + 1e-9:
-            return f"notional {abs(signed_notional):.2f} above max_notional {self.cfg.max_notional}"
-        after = self.positions.get(symbol, 0.0) + signed_notional
-        if abs(after) > self.cfg.max_position + 1e-9:
-            return f"position {after:.2f} would exceed max_position {self.cfg.max_position}"
-        now = time.monotonic() if now is None else now
-        while self._recent and self._recent[0] < now - 60:
-            self._recent.popleft()
-        if len(self._recent) >= self.cfg.max_orders_per_minute:
-            return f"{self.cfg.max_orders_per_minute} orders in the last minute"
+    key: tuple[str, str]  # (exchange, symbol)
+    sign: float  # +1 long, -1 short
+    notional: float
+    spec: Any  # the parsed MarketActionSpec (side, size, horizon)
+
+
+def order_of(action: Action, cfg: ExecutorSettings) -> Order | None:
+    """The order ``action`` asks for; None for flat, unparsed or zero-size actions."""
+    spec = action.parsed
+    if spec is None or getattr(spec, "side", "flat") == "flat" or spec.size <= 0:
         return None
-
-    def record(self, symbol: str, signed_notional: float, now: float | None = None) -> None:
-        self._recent.append(time.monotonic() if now is None else now)
-        self.positions[symbol] = self.positions.get(symbol, 0.0) + signed_notional
+    return Order((action.exchange, action.symbol), 1.0 if spec.side == "long" else -1.0,
+                 spec.size * cfg.max_notional, spec)
 
 
 class PaperExecutor:
-    """Simulated fills at the touch of the live book; positions close at their horizon."""
+    """Simulated fills at the touch of the live book; positions close at their horizon.
+
+    ``fills`` and ``refused`` keep the newest ``executor.keep_recent`` entries (an always-on
+    daemon must not grow them forever); ``fills_total``/``refused_total`` count all of them."""
 
     name = "paper"
 
     def __init__(self, cfg: ExecutorSettings, kill: KillSwitch):
         self.gate = RiskGate(cfg, kill)
         self.cfg = cfg
-        self.fills: list[Fill] = []
-        self.refused: list[tuple[str, str]] = []
-        self._open: list[tuple[int, str, float]] = []  # (exit time ns, symbol, signed notional)
+        self.fills: deque[Fill] = deque(maxlen=cfg.keep_recent)
+        self.refused: deque[tuple[str, str]] = deque(maxlen=cfg.keep_recent)
+        self.fills_total = 0
+        self.refused_total = 0
+        # (exit time ns, (exchange, symbol), signed notional)
+        self._open: list[tuple[int, tuple[str, str], float]] = []
         self.realised_pnl = 0.0
 
+    async def start(self) -> None:
+        """Nothing to restore: paper positions and limits start afresh."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
     async def execute(self, action: Action, quote: tuple) -> Fill | None:
-        spec = action.parsed
-        if spec is None or getattr(spec, "side", "flat") == "flat" or spec.size <= 0:
+        order = order_of(action, self.cfg)
+        if order is None:
             return None
         ts, bid, _bq, ask, _aq = quote
-        sign = 1.0 if spec.side == "long" else -1.0
-        notional = spec.size * self.cfg.max_notional
-        reason = self.gate.check(action.symbol, sign * notional)
+        sign, notional, key, spec = order.sign, order.notional, order.key, order.spec
+        reason = self.gate.check(key, sign * notional)
         if reason is not None:
             self.refused.append((action.group_id, reason))
+            self.refused_total += 1
             metrics.ORDERS.labels(self.name, "refused").inc()
             log.info("order refused", group_id=action.group_id, reason=reason)
             return None
         price = ask if sign > 0 else bid
         fill = Fill(action.symbol, spec.side, notional / price, price, notional, ts, action.group_id)
-        self.gate.record(action.symbol, sign * notional)
+        self.gate.record(key, sign * notional)
         self.fills.append(fill)
-        self._open.append((ts + int(spec.horizon_s * 1e9), action.symbol, sign * notional))
+        self.fills_total += 1
+        self._open.append((ts + int(spec.horizon_s * 1e9), key, sign * notional))
         metrics.ORDERS.labels(self.name, "filled").inc()
         return fill
 
-    def on_market_time(self, symbol: str, ts_ns: int) -> None:
-        """Close positions whose horizon passed (market time)."""
+    def on_market_time(self, exchange: str, symbol: str, ts_ns: int) -> None:
+        """Close the positions on (exchange, symbol) whose horizon passed (market time)."""
         keep = []
-        for exit_ns, sym, signed in self._open:
-            if sym == symbol and ts_ns >= exit_ns:
-                self.gate.positions[sym] = self.gate.positions.get(sym, 0.0) - signed
+        for exit_ns, key, signed in self._open:
+            if key == (exchange, symbol) and ts_ns >= exit_ns:
+                self.gate.add_position(key, -signed)
             else:
-                keep.append((exit_ns, sym, signed))
+                keep.append((exit_ns, key, signed))
         self._open = keep
-
-
-class LiveExecutor:
-    """Real orders through ccxt ``create_order`` (market orders, taker).
-
-    Construct it only through ``create``: it refuses unless both switches are on.
-    """
-
-    name = "live"
-
-    def __init__(self, cfg: ExecutorSettings, kill: KillSwitch, exchange: Any):
-        self.gate = RiskGate(cfg, kill)
-        self.cfg = cfg
-        self.exchange = exchange
-
-    @classmethod
-    def create(cls, cfg: ExecutorSettings, kill: KillSwitch, exchange: Any, *, acknowledged: bool) -> "LiveExecutor":
-        env_on = os.environ.get("EIGENLOOP_LIVE_TRADING") == "1"
-        if not (env_on and acknowledged):
-            missing = [m for m, ok in (("EIGENLOOP_LIVE_TRADING=1", env_on),
-                                       ("--i-understand-live-trading", acknowledged)) if not ok]
-            raise LiveTradingRefused("live trading refused: missing " + " and ".join(missing))
-        return cls(cfg, kill, exchange)
-
-    async def execute(self, action: Action, quote: tuple) -> Any:
-        spec = action.parsed
-        if spec is None or getattr(spec, "side", "flat") == "flat" or spec.size <= 0:
-            return None
-        _, bid, _, ask, _ = quote
-        sign = 1.0 if spec.side == "long" else -1.0
-        notional = spec.size * self.cfg.max_notional
-        reason = self.gate.check(action.symbol, sign * notional)
-        if reason is not None:
-            metrics.ORDERS.labels(self.name, "refused").inc()
-            log.warning("live order refused", group_id=action.group_id, reason=reason)
-            return None
-        price = ask if sign > 0 else bid
-        self.gate.record(action.symbol, sign * notional)
-        order = await self.exchange.create_order(action.symbol, "market", "buy" if sign > 0 else "sell",
-                                                 notional / price)
-        metrics.ORDERS.labels(self.name, "sent").inc()
-        return order
 
 
 class SocialPostExecutor:

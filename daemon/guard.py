@@ -36,6 +36,7 @@ from typing import Sequence
 from prometheus_client import Counter, Gauge
 
 from daemon.logging import get_logger
+from daemon.metrics import SNAPSHOT_LOAD_FAILURES
 from daemon.snapshots import list_snapshots, read_snapshot_info
 from learners.diversity import (GroupDiversity, WindowDiversity, entropy_bits, group_diversity, js_divergence,
                                 probe_distribution, probe_keys, probe_prompts, update_ratio, window_diversity)
@@ -144,20 +145,43 @@ class CollapseGuard:
             return list(range(len(self.policy.state.model.blocks)))
         return sorted(b for b, d in drift.items() if d >= self.cfg.pin_share * top)
 
-    def healthy_snapshot(self) -> tuple[Path, int] | None:
-        """The newest snapshot at or before the last healthy policy_version; the bootstrap snapshot
-        when no window was ever healthy."""
+    def healthy_snapshots(self) -> list[tuple[Path, int]]:
+        """Snapshots at or before the last healthy policy_version, newest first; the bootstrap
+        snapshot when no window was ever healthy."""
         if self.snapshot_root is None:
-            return None
-        best = None
+            return []
+        fits = []
         for path in list_snapshots(self.snapshot_root):
             info = read_snapshot_info(path)
             version = int(info["policy_version"])
             bootstrap = info.get("metadata", {}).get("source") == "bootstrap"
             if (self.healthy_version is not None and version <= self.healthy_version) or \
                     (self.healthy_version is None and bootstrap):
-                best = (path, version)  # list_snapshots is oldest first: keep the newest that fits
-        return best
+                fits.append((path, version))
+        return fits[::-1]  # list_snapshots is oldest first
+
+    def healthy_snapshot(self) -> tuple[Path, int] | None:
+        """The newest of ``healthy_snapshots``."""
+        return next(iter(self.healthy_snapshots()), None)
+
+    def _pin_newest_loadable(self, blocks_for) -> tuple[Path, int, list[int]] | None:
+        """Pin from the newest healthy snapshot that loads. One whose tensors are damaged is
+        reported (error naming the file, ``eigenloop_snapshot_load_failures_total``) and the next
+        older one is tried: the guard acts on a collapse, and a torn file must not stop it or
+        crash the learner. The live model is untouched by a failed attempt (``pin_blocks`` is all
+        or nothing)."""
+        from learners.snapshot import pin_blocks
+
+        for path, version in self.healthy_snapshots():
+            blocks = blocks_for(version)
+            try:
+                self.policy.with_state(lambda st: pin_blocks(st, path, blocks))
+            except (ValueError, OSError) as e:
+                SNAPSHOT_LOAD_FAILURES.inc()
+                log.error("collapse guard skips a snapshot that does not load", snapshot=str(path), error=str(e))
+                continue
+            return path, version, blocks
+        return None
 
     # -- windows --------------------------------------------------------------------------------
 
@@ -273,16 +297,12 @@ class CollapseGuard:
                               last, value=float(c.regulariser_coef))]
         if not c.pin:
             return []
-        found = self.healthy_snapshot()
-        if found is None:
-            log.warning("collapse guard cannot pin: no healthy snapshot", root=str(self.snapshot_root),
+        pinned = self._pin_newest_loadable(self.offending_blocks)
+        if pinned is None:
+            log.warning("collapse guard cannot pin: no healthy snapshot loads", root=str(self.snapshot_root),
                         healthy_version=self.healthy_version)
             return []
-        path, version = found
-        blocks = self.offending_blocks(version)
-        from learners.snapshot import pin_blocks
-
-        self.policy.with_state(lambda st: pin_blocks(st, path, blocks))
+        path, version, blocks = pinned
         self._drift = deque(((v, b, r) for v, b, r in self._drift if b not in blocks), maxlen=self.cfg.drift_history)
         self.level = 3
         return [self._act("pin_blocks", f"{why}: blocks {blocks} pinned to snapshot {path.name} "

@@ -1,6 +1,8 @@
 """The daemon's HTTP endpoints: /healthz, /readyz, /metrics, /kill, /snapshot.
 
-- ``/healthz``: the process and its event loop answer, and the model is loaded. Liveness.
+- ``/healthz``: liveness. 503 naming what fails when the event loop has not turned for
+  ``http.liveness_stall_s``, the learner's or the actor's task has ended, or the model has no
+  weights (``daemon.heartbeat``).
 - ``/readyz``: additionally the broker answered within the last probe and the learner loop runs.
 - ``/metrics``: Prometheus text format.
 - ``/kill``: POST engages the kill switch (no new orders from then on) and answers once the flag

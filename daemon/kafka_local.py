@@ -19,6 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from daemon.errors import EigenloopError
 from daemon.procs import pid_alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ Configuration:
 """
 
 
-class BrokerError(RuntimeError):
+class BrokerError(EigenloopError):
     """The local broker could not be fetched, started or reached."""
 
 

@@ -21,7 +21,7 @@ from typing import Callable
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from daemon import metrics, snapshots
+from daemon import fault_hook, metrics, snapshots
 from daemon.eventlog import DeadLetterer, EventProducer
 from daemon.eventlog.connection import client_kwargs, topic
 from daemon.due_groups import DueGroups
@@ -92,6 +92,15 @@ class LearnerLoop:
         self._consumer.seek(self.tp, self.next_offset)
         self._task = asyncio.create_task(self._run(), name="learner-loop")
         self.ready.set()
+
+    @property
+    def task(self) -> asyncio.Task | None:
+        return self._task
+
+    @property
+    def alive(self) -> bool:
+        """Started and not ended: a loop that raised is dead even while the process serves HTTP."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self, timeout: float = 120.0) -> None:
         """Finish the poll in hand (a step is never cut in half: the model and the offset must
@@ -195,7 +204,7 @@ class LearnerLoop:
         if self._guard_dirty:
             self._guard_dirty = False
             await asyncio.to_thread(self.refresh_checksums)
-            await self._snapshot()
+            await self.snapshot_locked()
 
     async def apply_due(self) -> None:
         """Paced: apply the held groups that are next in ``order``, one at a time. Called with ``lock``."""
@@ -221,6 +230,8 @@ class LearnerLoop:
         if refusal is not None:
             await self._refused(batch, records, refusal)
             return
+        # opt-in (EIGENLOOP_FAULT_HOOK), inert unset: the model has stepped, nothing is published yet
+        await fault_hook.reached_async("apply")
         for u in updates:
             self.block_checksums[u.block] = u.checksum
             if len(batch) > 1:
@@ -253,6 +264,7 @@ class LearnerLoop:
             await asyncio.to_thread(self.refresh_side_probe)
             if self.on_probe is not None:
                 self.on_probe(self.side_probe)
+        fault_hook.left("apply")
 
     async def _refused(self, batch: list[GRPOGroup], records: list[ConsumerRecord] | None, reason: str) -> None:
         """The step was refused (advantages, loss or gradients not finite) and changed nothing:
@@ -274,14 +286,15 @@ class LearnerLoop:
         """Called with ``lock`` held."""
         due = (self._since_snapshot >= self.s.learner.snapshot_every_updates
                or (self._since_snapshot > 0 and time.monotonic() - self._last_snapshot >= self.s.learner.snapshot_every_s))
-        return await self._snapshot() if due else None
+        return await self.snapshot_locked() if due else None
 
     async def snapshot(self) -> Path:
         """A snapshot now, between two polls' worth of groups (never in the middle of one)."""
         async with self.lock:
-            return await self._snapshot()
+            return await self.snapshot_locked()
 
-    async def _snapshot(self) -> Path:
+    async def snapshot_locked(self) -> Path:
+        """A snapshot now, for a caller that already holds ``lock`` (a pin, the periodic one)."""
         offsets = {f"learn.groups:0": self.next_offset}
         extra = {"recent_groups": self.recent.ids()}
         path = await asyncio.to_thread(self.policy.with_state,

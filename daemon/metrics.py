@@ -33,3 +33,5 @@ SIDE_PROBABILITY = Gauge("eigenloop_policy_side_probability",
 IMBALANCE_GAP = Gauge("eigenloop_policy_imbalance_gap",
                       "[P(long) - P(short)] at imbalance +0.8 minus at -0.8: 0 when the policy ignores its input")
 CUDA_AVAILABLE = Gauge("eigenloop_learner_cuda_available", "1 when the resident model is on a CUDA device")
+LOOP_LAG = Gauge("eigenloop_event_loop_lag_seconds",
+                 "How late the event loop woke a task that asked to sleep one tick (worst of the last minute)")

@@ -34,7 +34,7 @@ class RunLedger:
     # always-on (--loop, live): the summary covers the latest decisions
     rows: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_ROWS))
     probes: list[dict[str, Any]] = field(default_factory=list)
-    _open: dict[str, tuple[str, int]] = field(default_factory=dict)  # group id -> (symbol, t0)
+    _open: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # group id -> (exchange, symbol, t0)
 
     def __post_init__(self) -> None:
         # the baselines' fill, in bps as the efficacy benchmark reports them
@@ -43,7 +43,7 @@ class RunLedger:
 
     def opened(self, actions: list[Action]) -> None:
         a = actions[0]
-        self._open[a.group_id] = (a.symbol, a.ts_event)
+        self._open[a.group_id] = (a.exchange, a.symbol, a.ts_event)
         if len(self._open) > MAX_ROWS:  # groups that never came (lost, or a live run's tail)
             del self._open[next(iter(self._open))]
 
@@ -51,13 +51,14 @@ class RunLedger:
         opened = self._open.pop(group.group_id, None)
         if opened is None or not group.rewards:
             return  # not this run's decision, or nothing scored
-        symbol, t0 = opened
+        exchange, symbol, t0 = opened
         latency, horizon = self._window_ns
-        ticks = self.context.quotes_between(symbol, t0 + latency, t0 + horizon)
+        # the venue the group decided on: the same symbol elsewhere is another book
+        ticks = self.context.quotes_between(exchange, symbol, t0 + latency, t0 + horizon)
         if not ticks:
             return
         fills = side_fills(t0, BookPath(ticks), self._fill_cfg, self.horizon_s)
-        self.rows.append({"symbol": symbol, "t0_ns": t0, "policy_version": group.policy_version,
+        self.rows.append({"exchange": exchange, "symbol": symbol, "t0_ns": t0, "policy_version": group.policy_version,
                           "learned": sum(group.rewards) / len(group.rewards),
                           "random": sum(fills.values()) / len(fills), "flat": fills["flat"],
                           "spread": max(group.rewards) - min(group.rewards)})

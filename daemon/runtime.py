@@ -16,13 +16,16 @@ from daemon import kafka_local, metrics, snapshots
 from daemon.actor import Actor
 from daemon.context import ContextWindow
 from daemon.due_groups import DueGroups
-from daemon.eventlog import EventProducer
-from daemon.executors import KillSwitch, LiveExecutor, PaperExecutor, kill_switch_path
+from daemon.eventlog import DeliveryFatal, EventProducer
+from daemon.executors import KillSwitch, PaperExecutor, kill_switch_path
+from daemon.heartbeat import LoopHeartbeat, liveness, model_loaded
 from daemon.http import HttpServer, resolve_admin_token
 from daemon.learner_loop import LearnerLoop
+from daemon.live_executor import LiveExecutor, LiveVenue
 from daemon.logging import get_logger, register_secret
 from daemon.pace import PaceLink
 from daemon.policy import ResidentPolicy
+from daemon.risk_state import risk_state_path
 from daemon.run_summary import RunLedger, curve_path
 from daemon.sources import up_down
 from schemas import (BookTicker, DeadLetter, Event, MarketTrade, MarketWatermark, SocialEngagement, SocialPost,
@@ -80,14 +83,15 @@ def load_or_bootstrap(settings: Settings, progress: bool = False) -> tuple[Any, 
 class Daemon:
     def __init__(self, settings: Settings, *, exchanges: list[ExchangeSettings] | None = None,
                  jetstream_url: str | None = None, live_trading_acknowledged: bool = False,
-                 live_exchange: Any = None):
+                 live_venues: dict[str, LiveVenue] | None = None):
         self.s = settings
         self.exchanges = exchanges if exchanges is not None else settings.sources.exchanges
         self.jetstream_url = jetstream_url
         self.context = ContextWindow()
         self.kill = KillSwitch(kill_switch_path(settings))
         if settings.executor.mode == "live":
-            self.executor: Any = LiveExecutor.create(settings.executor, self.kill, live_exchange,
+            self.executor: Any = LiveExecutor.create(settings.executor, self.kill, live_venues or {},
+                                                     state_file=risk_state_path(settings),
                                                      acknowledged=live_trading_acknowledged)
         else:
             self.executor = PaperExecutor(settings.executor, self.kill)
@@ -96,6 +100,8 @@ class Daemon:
         self.market_last_ns = 0
         self.dead_letters = 0
         self.started_at = time.time()
+        self.started = False  # every part up (``start`` returned)
+        self.heartbeat = LoopHeartbeat()
         self._broker_ok_at = 0.0
         self.parts: list[Any] = []
         self.sources: list[Any] = []  # started MarketSource / JetstreamSource, for up/down in status
@@ -110,6 +116,7 @@ class Daemon:
         # first: an unreadable admin_token_file should fail the start before minutes of model loading
         token = resolve_admin_token(s, generate=True)
         register_secret(token)
+        self.heartbeat.start()
         state, snap = await asyncio.to_thread(load_or_bootstrap, s)
         self.policy = ResidentPolicy(state, s.actor.temperature, s.actor.top_p)
         self.loaded_snapshot = snap
@@ -131,6 +138,8 @@ class Daemon:
                                    recent_groups=recent, order=self.due, on_applied=self.ledger.applied,
                                    on_probe=self.ledger.probed)
         await self.learner.start()
+        # live: positions from the venues and the persisted rate window, before any decision
+        await self.executor.start()
         run_key = f"{s.replay.seed}|{state.policy_version}|{self.learner.checksum()[:16]}" if paced else None
         self.actor = Actor(self.policy, self.context, self._emit, self.executor.execute, s.actor, s.groups,
                            seed=int(time.time()), run_key=run_key,
@@ -165,6 +174,7 @@ class Daemon:
                                status=self.status, pin=self.pin)
         self.http_port = await self.http.start()
         self._status_task = asyncio.create_task(self._status_loop(), name="status")
+        self.started = True
         log.info("daemon started", http=f"{s.http.host}:{self.http_port}", exchanges=[x.name for x in self.exchanges],
                  kill_switch_file=str(self.kill.flag_file))
 
@@ -189,11 +199,15 @@ class Daemon:
 
     async def run_until(self, stop: asyncio.Event) -> str | None:
         """Wait for ``stop``, or for a part's task to end on an error; returns that error."""
-        watched = {"learner": self.learner._task, "actor": self.actor._task}
+        # the producer "fails" when an event cannot be delivered and re-sending cannot help:
+        # going on would leave a hole in the log
+        delivery = asyncio.create_task(self.producer.wait_fatal())
+        watched = {"learner": self.learner.task, "actor": self.actor.task, "producer": delivery}
         stopper = asyncio.create_task(stop.wait())
         tasks = [t for t in watched.values() if t is not None]
         done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        delivery.cancel()
         for name, task in watched.items():
             if task in done and not task.cancelled() and task.exception() is not None:
                 log.error("daemon part failed", part=name, error=repr(task.exception()))
@@ -208,16 +222,26 @@ class Daemon:
                 await part.stop()
             except Exception as e:  # noqa: BLE001 - keep stopping the others; the error is logged
                 log.error("stopping part failed", part=type(part).__name__, error=repr(e))
-        await self.producer.flush()
-        path = await self.learner.snapshot()
+        await self.executor.close()  # live: closes in flight finish and are persisted
+        try:
+            await self.producer.flush()
+        except DeliveryFatal as e:
+            # an event could not be written: a final snapshot would claim steps whose updates are
+            # not in the log, so a restart resumes from the last snapshot taken before the hole
+            log.error("no final snapshot: events were not delivered", error=repr(e))
+            path = None
+        else:
+            path = await self.learner.snapshot()
         await self.http.stop()
+        await self.heartbeat.stop()
         await self.producer.stop()
         log.info("daemon stopped", final_snapshot=str(path), policy_version=self.policy.policy_version)
 
     async def _send(self, topic: str, event: Event, key: str | None = None) -> None:
         """Queue an event for Kafka, waiting out a broker outage (``EventProducer.send_retrying``):
         the stream that called stops reading meanwhile (ccxt and the replay/exchange buffer),
-        memory stays bounded, nothing acknowledged is lost."""
+        memory stays bounded, and a failed delivery is re-sent until acknowledged (or stops the
+        daemon), market and social records too: a live feed cannot be read again."""
         await self.producer.send_retrying(topic, event, key=key)
 
     async def _emit(self, topic: str, event: Event) -> None:
@@ -234,9 +258,8 @@ class Daemon:
             self.context.observe(ev)
             if self.due is not None:
                 self.due.observe(f"{ev.exchange}|{ev.symbol}", ev.ts_event)
-            self.actor.on_market_event(ev.symbol, ev.exchange, ev.ts_event)
-            if isinstance(self.executor, PaperExecutor):
-                self.executor.on_market_time(ev.symbol, ev.ts_event)
+            self.actor.on_market_event(ev.exchange, ev.symbol, ev.ts_event)
+            self.executor.on_market_time(ev.exchange, ev.symbol, ev.ts_event)
         elif isinstance(ev, StreamGap):
             log.warning("stream gap", exchange=ev.exchange, symbol=ev.symbol, stream=ev.stream, reason=ev.reason)
 
@@ -316,14 +339,19 @@ class Daemon:
         metrics.DEAD_LETTERS.labels(dl.source or "source").inc()
 
     def health(self) -> dict[str, Any]:
-        return {"ok": True, "model_loaded": True, "policy_version": self.policy.policy_version,
+        """Liveness: the loop turns, the learner and the actor run, the model is loaded. The
+        parts are checked only once started (the probe may come while ``start`` still works)."""
+        tasks = {"learner": self.learner.alive, "actor": self.actor.alive} if self.started else {}
+        body = liveness(self.heartbeat, tasks, model_loaded(self.policy.state.model), self.s.http.liveness_stall_s)
+        return {**body, "policy_version": self.policy.policy_version,
                 "uptime_s": round(time.time() - self.started_at, 1)}
 
     async def readiness(self) -> dict[str, Any]:
         bootstrap = self.producer.raw.client.hosts[0] if self.producer.raw.client.hosts else None
         broker = bool(bootstrap) and await asyncio.to_thread(kafka_local.broker_answers, f"{bootstrap[0]}:{bootstrap[1]}", 1.0)
-        learner = self.learner.ready.is_set() and self.learner._task is not None and not self.learner._task.done()
-        return {"ok": broker and learner, "broker": broker, "learner": learner, "model_loaded": True}
+        learner = self.learner.ready.is_set() and self.learner.alive
+        model = model_loaded(self.policy.state.model)
+        return {"ok": broker and learner and model, "broker": broker, "learner": learner, "model_loaded": model}
 
     async def pin(self, snapshot: str, blocks: list[int], reason: str) -> dict[str, Any]:
         """Restore ``blocks`` from ``snapshot`` in the running model (per-block rollback), record it
@@ -347,7 +375,7 @@ class Daemon:
             event = GuardAction(action="pin_blocks", reason=reason, policy_version=self.policy.policy_version,
                                 blocks=blocks, key=str(self.policy.policy_version), source="operator")
             await self.producer.send_and_wait("learn.guard", event)
-            path = await self.learner._snapshot()
+            path = await self.learner.snapshot_locked()
         log.warning("blocks pinned", blocks=blocks, source_snapshot=snapshot, new_snapshot=str(path))
         return {"blocks": blocks, "policy_version": self.policy.policy_version, "snapshot": str(path)}
 

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from daemon import metrics
+from daemon import fault_hook, metrics
 from daemon.logging import get_logger
 from daemon.procs import pid_alive
 from learners.core import LearnerState
@@ -121,10 +121,13 @@ def write_snapshot(state: LearnerState, root: Path, offsets: dict[str, int], kee
     if tmp.exists():
         shutil.rmtree(tmp)
     save_snapshot(state, tmp, {"offsets": offsets, **(extra or {})})  # fsyncs each file and the directory
+    # opt-in (EIGENLOOP_FAULT_HOOK), inert unset: written under the temporary name, not yet published
+    fault_hook.reached("snapshot")
     if final.exists():
         shutil.rmtree(final)  # same step written twice (a restart before any new group): same content
     os.replace(tmp, final)
     fsync_path(root)  # until the rename is durable, a power cut brings back the previous snapshot
+    fault_hook.left("snapshot")
     snaps = list_snapshots(root)
     for old in snaps[:-keep]:
         if read_snapshot_info(old).get("metadata", {}).get("source") != "bootstrap":

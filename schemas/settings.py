@@ -26,6 +26,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# a real cluster keeps three copies of a topic and acknowledges a write once two have it, so one
+# broker can be lost, or restarted for an upgrade, without losing data or stopping writes
+CLUSTER_FACTOR = 3
+CLUSTER_MIN_INSYNC = 2
+
+
 class Replication(_Section):
     """Replicas of one class of topics, applied when ``eigenloop topics ensure`` creates them
     (Kafka cannot change an existing topic's replication factor without a reassignment)."""
@@ -43,6 +49,19 @@ class Replication(_Section):
             raise ValueError(f"min_insync ({self.min_insync}) above factor ({self.factor}): no write could succeed")
         return self
 
+    def resolve(self, brokers: int, where: str) -> tuple[int, int]:
+        """(replication factor, min.insync.replicas) on a cluster of ``brokers``; ValueError,
+        naming the setting (``where``), when the cluster cannot hold it."""
+        factor = self.factor or (1 if brokers <= 1 else min(CLUSTER_FACTOR, brokers))
+        if factor > brokers:
+            raise ValueError(f"{where}.factor={factor} but the cluster has {brokers} broker(s); "
+                             f"lower it or leave it unset to follow the cluster")
+        min_insync = self.min_insync or max(1, min(CLUSTER_MIN_INSYNC, factor - 1))
+        if min_insync > factor:
+            raise ValueError(f"{where}.min_insync={min_insync} is above the replication factor {factor}: "
+                             "no write could succeed")
+        return factor, min_insync
+
 
 class TopicReplication(_Section):
     """Replicas per topic class (each catalogue topic names its class in schemas/topics.py)."""
@@ -50,6 +69,9 @@ class TopicReplication(_Section):
     learning: Replication = Field(Replication(), description="learn.*: the log the model is rebuilt from, kept "
                                   "forever")
     events: Replication = Field(Replication(), description="market, social, agent and dead-letter topics")
+    streams: Replication = Field(Replication(), description="the streams worker's own topics: its table "
+                                 "changelogs (pending candidates, closed groups, input cursors) and its "
+                                 "re-keying topic")
 
 
 class KafkaSettings(_Section):
@@ -175,6 +197,14 @@ class ExecutorSettings(_Section):
     # writer (daemon, CLI, HTTP), so they cannot disagree on which file stops trading
     kill_switch_file: Path | None = Field(None, description="the kill-switch flag file; null: <data_dir>/KILL")
     social_dry_run: bool = True
+    order_timeout_s: float = Field(10.0, gt=0, description="live: ccxt timeout of one order request, also "
+                                   "Binance's recvWindow, so a request delayed past it is refused by the venue")
+    order_retries: int = Field(3, ge=0, description="live: retries of an order after a network error or timeout "
+                               "(each first looks the order up by its client order id); exchange errors are "
+                               "not retried")
+    order_backoff_s: float = Field(0.5, ge=0, description="live: wait before the first retry, doubled per retry")
+    keep_recent: int = Field(1000, ge=1, description="fills and refusals kept in memory (the newest); "
+                             "totals are counted")
 
     # paper mode may keep "no limit" (inf): nothing is at stake there
     @model_validator(mode="after")
@@ -271,6 +301,8 @@ class HttpSettings(_Section):
     # start and the CLI reads it there, so nobody has to configure anything to be safe.
     admin_token: SecretStr | None = Field(None, description="bearer token of the mutating HTTP routes")
     admin_token_file: Path | None = Field(None, description="file holding the bearer token (e.g. a mounted Secret)")
+    liveness_stall_s: float = Field(30.0, gt=0, description="/healthz fails once the event loop has not "
+                                    "turned for this long (a frozen loop, not a busy one)")
 
     # a model validator, not a field one: a field error would echo the rejected token
     @model_validator(mode="after")
@@ -327,7 +359,8 @@ ENV_PREFIX = "EIGENLOOP_"
 # EIGENLOOP_* variables that are read outside this model: the settings file, the tests' broker,
 # the PyFlink interpreter, the test scripts' knobs, and the live executor's exchange credentials
 # (EIGENLOOP_EXCHANGE_<NAME>_API_KEY / _SECRET)
-OTHER_ENV = ("CONFIG", "KAFKA_BOOTSTRAP", "FLINK_PYTHON", "SHARED_DATA", "TEST_DATA_DIR", "VENV_BIN", "FAULTS_KILLS")
+OTHER_ENV = ("CONFIG", "KAFKA_BOOTSTRAP", "FLINK_PYTHON", "SHARED_DATA", "TEST_DATA_DIR", "VENV_BIN", "FAULTS_KILLS",
+             "FAULT_HOOK")
 OTHER_ENV_PREFIXES = ("EXCHANGE_",)
 
 

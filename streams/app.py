@@ -25,12 +25,14 @@ import asyncio
 import logging
 import signal
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import faust
 from aiokafka.client import AIOKafkaClient
 
-from schemas.settings import Settings
+from schemas.kafka_security import aiokafka_kwargs
+from schemas.settings import Replication, Settings
 from schemas.topics import BY_NAME, topic_name
 
 log = logging.getLogger(__name__)
@@ -48,15 +50,11 @@ def _free_port() -> int:
 
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """``kafka.*`` security as Faust credentials: the aiokafka arguments every other client gets
-    (``daemon.eventlog.connection.security_kwargs``), in the shape Faust hands back to aiokafka."""
-    from daemon.eventlog.connection import security_kwargs
-
-    kw = security_kwargs(settings)
+    (``schemas.kafka_security``, which also rejects SASL without a user), in the shape Faust hands
+    back to aiokafka."""
+    kw = aiokafka_kwargs(settings.kafka)
     protocol, ssl_context = kw["security_protocol"], kw.get("ssl_context")
     if protocol.startswith("SASL"):
-        if not kw.get("sasl_mechanism") or not kw.get("sasl_plain_username"):
-            raise ValueError(f"kafka.security_protocol={protocol} needs kafka.sasl_mechanism "
-                             "and kafka.sasl_username (and kafka.sasl_password)")
         return faust.SASLCredentials(username=kw["sasl_plain_username"], password=kw["sasl_plain_password"],
                                      mechanism=kw["sasl_mechanism"], ssl_context=ssl_context)
     if ssl_context is not None:
@@ -64,10 +62,22 @@ def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | Non
     return None
 
 
-async def prepare_topics(client_kw: dict, market: str, internal: str, actions: str) -> tuple[int, int]:
+@dataclass(frozen=True)
+class TopicLayout:
+    """What the worker's topics look like on this cluster."""
+
+    partitions: int  # market.events', which the tables and the internal topic share
+    action_partitions: int
+    replication: int  # of the worker's own topics (changelogs, internal re-keying topic)
+
+
+async def prepare_topics(client_kw: dict, market: str, internal: str, actions: str,
+                         replication: Replication) -> TopicLayout:
     """Partitions of ``market`` and of ``actions`` (the catalogue's count for one that does not
     exist yet), and the internal re-keying topic created with market's count: co-partitioning is
-    what keeps a symbol's state on one worker.
+    what keeps a symbol's state on one worker. The worker's own topics are replicated as
+    ``kafka.replication.streams`` says, resolved against this cluster's size: a changelog on one
+    broker of a real cluster would lose the pending candidates and closed-group ids with it.
     ``client_kw``: aiokafka client arguments (``daemon.eventlog.connection.client_kwargs``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -77,24 +87,28 @@ async def prepare_topics(client_kw: dict, market: str, internal: str, actions: s
     try:
         cluster = await client.fetch_all_metadata()
         counts = {name: len(cluster.partitions_for_topic(name) or ()) for name in (market, actions)}
+        brokers = len(cluster.brokers())
     finally:
         await client.close()
+    factor, min_insync = replication.resolve(brokers, "kafka.replication.streams")
     partitions = counts[market] or BY_NAME["market.events"].partitions
     action_partitions = counts[actions] or BY_NAME["agent.actions"].partitions
     admin = AIOKafkaAdminClient(**client_kw)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(internal, partitions, 1)])
+        await admin.create_topics([NewTopic(internal, partitions, factor,
+                                            topic_configs={"min.insync.replicas": str(min_insync)})])
     except TopicAlreadyExistsError:
         log.debug("internal topic %s exists", internal)
     finally:
         await admin.close()
-    return partitions, action_partitions
+    return TopicLayout(partitions, action_partitions, factor)
 
 
-def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App:
+def create_app(settings: Settings, bootstrap: str, partitions: int, replication: int = 1) -> faust.App:
     """The App for these settings; ``partitions`` is market.events' count (tables and the
-    internal topic must be co-partitioned with it)."""
+    internal topic must be co-partitioned with it); ``replication``: of the changelogs Faust
+    creates."""
     app_id = faust_app_id(settings)
     datadir = Path(settings.data_dir) / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
@@ -107,7 +121,7 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App
         key_serializer="raw",
         value_serializer="raw",  # records are decoded by schemas.codec, so bad input can be dead-lettered
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=replication,
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
@@ -128,19 +142,19 @@ def create_app(settings: Settings, bootstrap: str, partitions: int) -> faust.App
     )
 
 
-def build(settings: Settings, bootstrap: str) -> faust.App:
-    """App + topology + agents, ready for ``faust.Worker``."""
+def build(settings: Settings, client_kw: dict) -> faust.App:
+    """App + topology + agents, ready for ``faust.Worker``. ``client_kw``: the aiokafka client
+    arguments, address included, that the daemon side resolved
+    (``daemon.eventlog.connection.client_kwargs``): streams never imports daemon."""
     from streams import agents, topology
 
-    from daemon.eventlog.connection import security_kwargs
-
     prefix = settings.kafka.topic_prefix
-    client_kw = {"bootstrap_servers": bootstrap, **security_kwargs(settings)}
-    partitions, action_partitions = asyncio.run(prepare_topics(
+    bootstrap = client_kw["bootstrap_servers"]
+    layout = asyncio.run(prepare_topics(
         client_kw, topic_name("market.events", prefix), topology.internal_topic(settings),
-        topic_name("agent.actions", prefix)))
-    app = create_app(settings, bootstrap, partitions)
-    topo = topology.declare(app, settings, partitions, action_partitions)
+        topic_name("agent.actions", prefix), settings.kafka.replication.streams))
+    app = create_app(settings, bootstrap, layout.partitions, layout.replication)
+    topo = topology.declare(app, settings, layout.partitions, layout.action_partitions)
     agents.register(app, topo, topology.engine_for(topo, settings), settings.streams)
     return app
 
@@ -166,10 +180,10 @@ def _dump_tasks() -> None:
     log.warning("asyncio tasks (SIGUSR2):\n%s", "\n".join(lines))
 
 
-def run_worker(settings: Settings, bootstrap: str, loglevel: str = "warning") -> None:
+def run_worker(settings: Settings, client_kw: dict, loglevel: str = "warning") -> None:
     """Run the worker in this process until it is stopped (SIGINT/SIGTERM); SIGUSR2 logs the
-    stacks of its asyncio tasks."""
-    app = build(settings, bootstrap)
+    stacks of its asyncio tasks. ``client_kw``: as for ``build``."""
+    app = build(settings, client_kw)
 
     @app.task
     async def dump_tasks_on_sigusr2() -> None:

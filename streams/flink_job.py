@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from schemas.kafka_security import java_properties
 from streams.flink_lag import librdkafka_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
         market_window_s=settings.streams.market_window_s, idle_tick_s=settings.streams.idle_tick_s,
         idle_close=settings.streams.idle_close,
         checkpoint_dir=Path(settings.data_dir).resolve() / "flink" / app / "checkpoints",
-        kafka_properties=kafka_properties(settings.kafka), name=app,
+        kafka_properties=java_properties(settings.kafka), name=app,
         lag_config=librdkafka_config(bootstrap, app, settings.kafka),
     )
     topics = overrides.pop("topics", None) or {}
@@ -105,20 +106,6 @@ def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
         if v is not None:
             setattr(cfg, k, v)
     return cfg
-
-
-def kafka_properties(k) -> dict[str, str]:
-    """Client security settings as Kafka Java client properties (the connector's shaded names)."""
-    props: dict[str, str] = {"security.protocol": k.security_protocol}
-    if k.sasl_mechanism:
-        module = "plain.PlainLoginModule" if k.sasl_mechanism == "PLAIN" else "scram.ScramLoginModule"
-        password = k.sasl_password.get_secret_value() if k.sasl_password else ""
-        props["sasl.mechanism"] = k.sasl_mechanism
-        props["sasl.jaas.config"] = (f"org.apache.flink.kafka.shaded.org.apache.kafka.common.security.{module} "
-                                     f'required username="{k.sasl_username}" password="{password}";')
-    if k.ssl_cafile:
-        props.update({"ssl.truststore.type": "PEM", "ssl.truststore.location": str(k.ssl_cafile)})
-    return props
 
 
 def connector_jar(choice: str | None = None) -> str | None:

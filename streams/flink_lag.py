@@ -22,19 +22,15 @@ from __future__ import annotations
 import logging
 import time
 
+from schemas.kafka_security import librdkafka_config as security_config
+
 log = logging.getLogger(__name__)
 
 
 def librdkafka_config(bootstrap: str, group_id: str, kafka) -> dict[str, str]:
     """Client settings for librdkafka from ``schemas.settings.KafkaSettings``."""
-    conf = {"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": "false",
-            "security.protocol": kafka.security_protocol.lower()}
-    if kafka.sasl_mechanism:
-        conf.update({"sasl.mechanism": kafka.sasl_mechanism, "sasl.username": kafka.sasl_username or "",
-                     "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""})
-    if kafka.ssl_cafile:
-        conf["ssl.ca.location"] = str(kafka.ssl_cafile)
-    return conf
+    return {"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": "false",
+            **security_config(kafka)}
 
 
 class LagProbe:

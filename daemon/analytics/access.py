@@ -24,31 +24,15 @@ import json
 import os
 import secrets
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from daemon.analytics.server import QueryServer, RemoteStore, SinkState
 from daemon.analytics.store import (AnalyticsError, ClickHouseStore, Store, open_chdb, open_server, query_limits,
                                     resolve_target)
 from schemas.settings import Settings
 
 READER_WAIT_S = 30.0
-
-
-@dataclass(frozen=True)
-class SinkState:
-    pid: int
-    port: int
-    token: str
-
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # exists, owned by someone else
-        return True
 
 
 def _paths(chdb_path: Path) -> tuple[Path, Path, Path]:
@@ -154,8 +138,6 @@ def open_reader(settings: Settings) -> Store:
     finally:
         state_lock.release()
     if state is not None and state.alive():
-        from daemon.analytics.server import RemoteStore
-
         return RemoteStore(state, target.database)
     if not lock.acquire(READER_WAIT_S):
         raise AnalyticsError(f"chdb at {target.path} is held by another process that is not a sink; "
@@ -221,8 +203,6 @@ def open_for_sink(settings: Settings, *, serve: bool = True) -> SinkOwnership:
                 raise AnalyticsError(f"another sink (pid {state.pid}) already writes chdb at {target.path}")
             lock.acquire()  # a reader holds it for one query
         try:
-            from daemon.analytics.server import QueryServer
-
             server = QueryServer(secrets.token_hex(16), target.database) if serve else None
             if server is not None:
                 write_state(state_file, SinkState(os.getpid(), server.port, server.token))

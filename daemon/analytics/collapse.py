@@ -1,4 +1,4 @@
-"""``eigenloop analytics collapse``: is the diversity of self-generated data falling, and since when?
+"""The collapse report (``eigenloop analytics collapse``): is the diversity of self-generated data falling, and since when?
 
 The metrics are the guard's own (``learners.diversity``), computed here from the ``groups`` rows
 in windows of consecutive groups, exactly as ``daemon.guard`` judges them live. Windows, not
@@ -16,9 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from daemon.analytics.reports import Section
 from daemon.analytics.store import Result, Store
@@ -195,59 +194,3 @@ def render(results: dict[str, tuple[Section, Result]], trend: Trend, out: Path, 
     finally:
         plt.close(fig)
     return out
-
-
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-def collapse_command(fmt: Format = Format.table, plot: Optional[Path] = None, window: Optional[int] = None,
-                     last: int = 20_000, floor: float = DEFAULT_FLOOR) -> None:
-    import typer
-
-    from daemon.analytics import reports
-    from daemon.analytics.access import reader
-    from daemon.analytics.store import AnalyticsError
-    from daemon.cli_analytics import _fail, _settings
-
-    try:
-        with reader(_settings()) as store:
-            groups, updates, guard = query(store, last)
-    except AnalyticsError as e:
-        raise _fail(str(e))
-    results, trend = compute(groups, updates, guard, window, floor)
-    if fmt is Format.json:
-        typer.echo(reports.to_json(results, "collapse"))
-    elif fmt is Format.csv:
-        typer.echo(reports.to_csv(results), nl=False)
-    else:
-        from rich.console import Console
-
-        typer.echo(trend.statement)
-        reports.to_tables({k: v for k, v in results.items() if k != "verdict"}, Console().print)
-    if plot is not None:
-        try:
-            render(results, trend, plot, floor)
-        except OSError as e:
-            raise _fail(f"cannot write {plot}: {e.strerror or e}")
-        if fmt is Format.table:
-            typer.echo(f"plot written to {plot}")
-
-
-def register(app: Any) -> None:
-    """Add ``collapse`` to the ``eigenloop analytics`` typer app."""
-    import typer
-
-    def command(fmt: Format = typer.Option(Format.table, "--format", "-f", help="table (terminal), json or csv"),
-                plot: Optional[Path] = typer.Option(None, "--plot", help="also render the report to this PNG"),
-                window: Optional[int] = typer.Option(None, "--window", min=1,
-                                                     help=f"groups per window (default {DEFAULT_WINDOW}, the guard's)"),
-                last: int = typer.Option(20_000, "--last", min=1, help="only the newest this-many groups"),
-                floor: float = typer.Option(DEFAULT_FLOOR, "--floor",
-                                            help="entropy floor to draw and compare, bits")) -> None:
-        """Diversity of the generated actions over time, and whether (and since when) it is falling."""
-        collapse_command(fmt, plot, window, last, floor)
-
-    app.command("collapse")(command)

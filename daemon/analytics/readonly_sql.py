@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from daemon.errors import EigenloopError
+
 ALLOWED_FIRST = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN")
 # the other statements ClickHouse knows: refused as writes (or session changes); any other first
 # word is a typo, reported as the syntax error it is
@@ -26,7 +28,7 @@ _WORD = re.compile(r"[A-Za-z0-9_$]+")
 _HEREDOC = re.compile(r"\$([A-Za-z0-9_]*)\$")
 
 
-class UnsafeQuery(ValueError):
+class UnsafeQuery(EigenloopError, ValueError):
     """The text is not one read-only statement; ``str()`` says why, for a person, and ``kind``
     what sort of failure it is (the prefix of the CLI's error line)."""
 

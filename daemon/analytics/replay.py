@@ -73,17 +73,6 @@ class ReplayResult:
         }
 
 
-def _parse_offsets(spec: str | None) -> dict[int, int] | None:
-    """``"123"`` (partition 0) or ``"0:123,1:40"``."""
-    if spec is None:
-        return None
-    out: dict[int, int] = {}
-    for part in spec.split(","):
-        p, _, o = part.strip().rpartition(":")
-        out[int(p) if p else 0] = int(o)
-    return out
-
-
 def snapshot_offsets(info: dict[str, Any], topic_suffix: str = "learn.groups") -> dict[int, int] | None:
     """The next learn.groups offsets a snapshot recorded in its metadata (``topic:partition``)."""
     offsets = info.get("metadata", {}).get("offsets") or {}

@@ -30,6 +30,17 @@ def _ms(value: Optional[str], flag: str) -> Optional[int]:
     return int(t.timestamp() * 1000)
 
 
+def _parse_offsets(spec: Optional[str]) -> Optional[dict[int, int]]:
+    """``"123"`` (partition 0) or ``"0:123,1:40"``."""
+    if spec is None:
+        return None
+    out: dict[int, int] = {}
+    for part in spec.split(","):
+        p, _, o = part.strip().rpartition(":")
+        out[int(p) if p else 0] = int(o)
+    return out
+
+
 def _load_reward(path: Path):
     import yaml
     from pydantic import ValidationError
@@ -62,7 +73,7 @@ async def _run(settings: Any, snapshot: Path, *, from_offset: Optional[str], fro
     start_ms, end_ms = _ms(from_time, "--from-time"), _ms(to_time, "--to-time")
     rp.deterministic_torch()
     state, info = rp.load_state(snapshot, device)
-    start = rp._parse_offsets(from_offset)
+    start = _parse_offsets(from_offset)
     if start is None and start_ms is None:
         start = rp.snapshot_offsets(info)  # the snapshot's own position: replay what came after it
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -70,7 +81,7 @@ async def _run(settings: Any, snapshot: Path, *, from_offset: Optional[str], fro
     with Progress(*columns, console=console, transient=False) as progress:
         reading = progress.add_task("reading learn.groups", total=None)
         groups = await rp.read_groups(settings, start_offsets=start, start_ms=start_ms,
-                                      end_offsets=rp._parse_offsets(to_offset), end_ms=end_ms,
+                                      end_offsets=_parse_offsets(to_offset), end_ms=end_ms,
                                       on_record=lambda: progress.advance(reading))
         progress.update(reading, total=len(groups), completed=len(groups))
         recorded = None
@@ -109,7 +120,7 @@ def replay_command(
     from aiokafka.errors import KafkaError
     from rich.console import Console
 
-    from daemon.cli import fail, settings
+    from daemon.cli_context import fail, settings
     from daemon.kafka_local import BrokerError
 
     if from_offset and from_time:

@@ -17,19 +17,39 @@ import decimal
 import hmac
 import http.client
 import json
+import os
 import threading
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Sequence
 
-from daemon.analytics.access import SinkState
 from daemon.analytics.store import AnalyticsError, ClickHouseStore, Result
 
 TOKEN_HEADER = "X-Eigenloop-Token"
 CLIENT_TIMEOUT_S = 120.0
 # a query and its parameters; the reports' longest SQL is a few KiB
 MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SinkState:
+    """How to reach a running sink's query server, as its state file publishes it
+    (``daemon.analytics.access``)."""
+
+    pid: int
+    port: int
+    token: str
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # exists, owned by someone else
+        return True
 
 
 def _jsonable(v: Any) -> Any:

@@ -4,7 +4,7 @@ Each piece is the function the live pipeline runs, called in the order the event
 deliver its records, in event time:
 
 - every market record goes to ``ContextWindow.observe`` and ``Actor.on_market_event`` (which
-  decides when a decision is due: one per symbol every ``cadence_s`` of event time);
+  decides when a decision is due: one per (exchange, symbol) every ``cadence_s`` of event time);
 - a due decision goes through ``Actor.decide`` (prompt from ``learners.grammar``, G samples from
   the ``ResidentPolicy``, parsing, horizon clamping, choice of the executed candidate);
 - once a market record *after* the group's last horizon arrives (the stream engine's rule), each
@@ -103,10 +103,10 @@ class LoopDriver:
                 if not any(pending.values()):
                     break
                 continue  # no new decisions: let the open groups close
-            actor.on_market_event(sym, ev.exchange, ev.ts_event)
+            actor.on_market_event(ev.exchange, sym, ev.ts_event)
             # the actor's run task would pop this; driving it inline keeps every decision (no
             # "model busy" skips) and makes the run deterministic
-            d = actor.take_due(sym)
+            d = actor.take_due(ev.exchange, sym)
             if d is None:
                 continue
             t = time.perf_counter()

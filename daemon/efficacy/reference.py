@@ -38,8 +38,8 @@ def actor_instants(events: list, cadence_s: float) -> list[int]:
     out = []
     for ev in events:
         context.observe(ev)
-        actor.on_market_event(ev.symbol, ev.exchange, ev.ts_event)
-        d = actor.take_due(ev.symbol)
+        actor.on_market_event(ev.exchange, ev.symbol, ev.ts_event)
+        d = actor.take_due(ev.exchange, ev.symbol)
         if d is not None:
             out.append(d.t0_ns)
     return out

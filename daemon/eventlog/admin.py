@@ -16,23 +16,13 @@ from daemon.eventlog.connection import client_kwargs
 from schemas.settings import KafkaSettings, Settings
 from schemas.topics import TopicSpec, catalogue
 
-CLUSTER_FACTOR = 3
-CLUSTER_MIN_INSYNC = 2
-
-
 def replication_for(spec: TopicSpec, kafka: KafkaSettings, brokers: int) -> tuple[int, int]:
     """(replication factor, min.insync.replicas) of one topic on a cluster of ``brokers``."""
     configured = getattr(kafka.replication, spec.replication)
-    where = f"kafka.replication.{spec.replication}"
-    factor = configured.factor or (1 if brokers <= 1 else min(CLUSTER_FACTOR, brokers))
-    if factor > brokers:
-        raise ConfigError(f"{where}.factor={factor} but the cluster has {brokers} broker(s); "
-                          f"lower it or leave it unset to follow the cluster")
-    min_insync = configured.min_insync or max(1, min(CLUSTER_MIN_INSYNC, factor - 1))
-    if min_insync > factor:
-        raise ConfigError(f"{where}.min_insync={min_insync} is above the replication factor {factor}: "
-                          "no write could succeed")
-    return factor, min_insync
+    try:
+        return configured.resolve(brokers, f"kafka.replication.{spec.replication}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def new_topics(specs: list[TopicSpec], kafka: KafkaSettings, brokers: int, keep_all: bool = False) -> list[NewTopic]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon import kafka_local
+from schemas.kafka_security import aiokafka_kwargs
 from schemas.settings import Settings
 from schemas.topics import topic_name
 
@@ -20,18 +21,9 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def security_kwargs(settings: Settings) -> dict[str, Any]:
-    """The aiokafka security arguments (protocol, SASL, TLS context) of ``kafka.*``, no address."""
-    k = settings.kafka
-    kw: dict[str, Any] = {"security_protocol": k.security_protocol}
-    if k.sasl_mechanism:
-        kw["sasl_mechanism"] = k.sasl_mechanism
-        kw["sasl_plain_username"] = k.sasl_username
-        kw["sasl_plain_password"] = k.sasl_password.get_secret_value() if k.sasl_password else None
-    if k.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        kw["ssl_context"] = create_ssl_context(cafile=k.ssl_cafile)
-    return kw
+    """The aiokafka security arguments (protocol, SASL, TLS context) of ``kafka.*``, no address;
+    ``schemas.kafka_security`` is the one mapping of those settings, for every client."""
+    return aiokafka_kwargs(settings.kafka)
 
 
 def topic(settings: Settings, base: str) -> str:

@@ -22,9 +22,10 @@ import structlog
 from daemon.replay.binance_server import BinanceReplayServer
 from daemon.replay.jetstream_server import JetstreamReplayServer
 from daemon.replay.lockstep import Lockstep
+from daemon.replay.okx_server import OkxReplayServer
 from schemas.settings import ExchangeSettings, SourcesSettings
 
-__all__ = ["BinanceReplayServer", "JetstreamReplayServer", "ReplayCluster"]
+__all__ = ["BinanceReplayServer", "JetstreamReplayServer", "OkxReplayServer", "ReplayCluster"]
 
 log = structlog.get_logger(__name__)
 

@@ -126,3 +126,56 @@ def http_reply(status: int, body: bytes, content_type: str = "application/json")
 
 def is_websocket(request: Any) -> bool:
     return "websocket" in request.headers.get("Upgrade", "").lower()
+
+
+class ReplayServer:
+    """What every capture-replaying server shares: its address, the websocket server's life, and
+    ``async with``. A subclass sets ``host``, ``port`` and ``_server`` in ``start`` and stops its
+    own players and outboxes in ``stop`` before ``close_server``."""
+
+    host: str
+    port: int
+    _server: Any = None
+    _subs: dict  # subscription key -> the outboxes subscribed to it
+    _outboxes: dict  # one per connection
+    _changed: asyncio.Condition  # notified when subscriptions change
+
+    async def subscribed(self, keys: list, timeout: float) -> bool:
+        """Until every key has a subscriber; False on timeout."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: all(self._subs.get(k) for k in keys)), timeout)
+                return True
+            except TimeoutError:
+                return False
+
+    @property
+    def connections(self) -> int:
+        return len(self._outboxes)
+
+    async def start(self) -> Any:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def close_server(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            # a peer that never answers the close handshake must not hang a test's teardown
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    async def __aenter__(self) -> Any:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.port}"

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from daemon.replay._serving import Binary, Outbox, Pacer, http_reply, is_websocket
+from daemon.replay._serving import Binary, Outbox, Pacer, ReplayServer, http_reply, is_websocket
 from daemon.errors import ReplayError
 from daemon.replay.captures import (MARKETS, Book, Capture, canonical_stream, check_one_set, dumps, exchange_info,
                                     find_captures, loads)
@@ -45,7 +45,7 @@ from daemon.replay.captures import (MARKETS, Book, Capture, canonical_stream, ch
 log = structlog.get_logger(__name__)
 
 
-class BinanceReplayServer:
+class BinanceReplayServer(ReplayServer):
     """Replays ``exchange_binance/`` captures over websocket for ``symbols`` per market.
 
     Args:
@@ -109,29 +109,12 @@ class BinanceReplayServer:
             t.cancel()
         for _, outbox, _ in list(self._outboxes.values()):
             await outbox.close()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 5)
-
-    async def __aenter__(self) -> "BinanceReplayServer":
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await self.close_server()
 
     # URLs for clients ------------------------------------------------------------------------
     @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    @property
     def pace_url(self) -> str:
         return f"{self.url}/pace"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def ws_url(self, market: str) -> str:
         """The base to put in ccxt's ``urls['api']['ws'][...]``. Spot must contain ``/stream``
@@ -167,17 +150,7 @@ class BinanceReplayServer:
 
     async def wait_subscribed(self, wanted: Iterable[tuple[str, str]], timeout: float) -> bool:
         """Wait until every (market, stream) has a subscriber; False on timeout."""
-        keys = [(m, canonical_stream(s)) for m, s in wanted]
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: all(self._subs.get(k) for k in keys)), timeout)
-                return True
-            except TimeoutError:
-                return False
-
-    @property
-    def connections(self) -> int:
-        return len(self._outboxes)
+        return await self.subscribed([(m, canonical_stream(s)) for m, s in wanted], timeout)
 
     # internals -------------------------------------------------------------------------------
     async def release(self, cap: Capture, stream: str, payload: bytes) -> int:

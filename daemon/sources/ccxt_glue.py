@@ -118,9 +118,63 @@ def binance_frame_problem(msg: Any) -> str | None:
     return None
 
 
+# Fields each OKX v5 data item must carry, per channel, for ccxt to parse it into something usable.
+_OKX_REQUIRED = {
+    "trades": ("instId", "tradeId", "px", "sz", "side", "ts"),
+    "tickers": ("instId", "bidPx", "bidSz", "askPx", "askSz", "ts"),
+    "books": ("asks", "bids", "ts"),
+    "books5": ("asks", "bids", "ts"),
+    "bbo-tbt": ("asks", "bids", "ts"),
+}
+
+
+def okx_frame_problem(msg: Any) -> str | None:
+    """Why a decoded OKX v5 frame cannot be used, or None. ``pong``, events (subscribe replies,
+    errors: ccxt's own protocol handling) and channels not listed above pass through unchanged."""
+    if isinstance(msg, str):
+        return None if msg == "pong" else "unrecognised text frame"
+    if not isinstance(msg, dict):
+        return "not a JSON object"
+    if "event" in msg:
+        return None
+    arg = msg.get("arg")
+    if not isinstance(arg, dict) or not isinstance(arg.get("channel"), str):
+        return "unrecognised frame: no 'arg' with a channel"
+    channel = arg["channel"]
+    if channel not in _OKX_REQUIRED:
+        return None
+    if not isinstance(arg.get("instId"), str):
+        return f"{channel} frame without arg.instId"
+    data = msg.get("data")
+    if not isinstance(data, list) or not data or not all(isinstance(d, dict) for d in data):
+        return f"{channel} frame: 'data' is not a list of objects"
+    if channel.startswith("books") and msg.get("action") not in ("snapshot", "update", None):
+        return f"{channel} frame with action {msg.get('action')!r}"
+    for item in data:
+        missing = [k for k in _OKX_REQUIRED[channel] if item.get(k) is None]
+        if missing:
+            return f"{channel} item without {','.join(missing)}"
+        if "asks" in _OKX_REQUIRED[channel] and not (isinstance(item["asks"], list) and isinstance(item["bids"], list)):
+            return f"{channel} item: asks/bids are not lists"
+    return None
+
+
+# the frame check per ccxt exchange id (prefix); exchanges not listed get none
+FRAME_CHECKS: dict[str, Callable[[Any], str | None]] = {"binance": binance_frame_problem, "okx": okx_frame_problem}
+
+
+def frame_check(exchange_id: str) -> Callable[[Any], str | None] | None:
+    return next((check for prefix, check in FRAME_CHECKS.items() if exchange_id.startswith(prefix)), None)
+
+
 def is_reply(msg: Any) -> bool:
-    """A reply to one of our own requests (subscribe, list), not market data."""
-    return isinstance(msg, dict) and "stream" not in msg and ("result" in msg or "id" in msg)
+    """A reply to one of our own requests (subscribe, list, OKX's ``ping``), not market data."""
+    if msg == "pong":
+        return True
+    if not isinstance(msg, dict) or "stream" in msg:
+        return False
+    # Binance: {"result":..,"id":..}; OKX: {"event":"subscribe"|"error",..} (its data has "arg"+"data")
+    return "result" in msg or "id" in msg or ("event" in msg and "data" not in msg)
 
 
 def guard_client(client: Any, on_bad: BadFrame, validate: Callable[[Any], str | None] | None,
@@ -159,7 +213,7 @@ def guard_client(client: Any, on_bad: BadFrame, validate: Callable[[Any], str | 
 
 def install_guard(ex: Any, on_bad: BadFrame, on_data: Callable[[], None] | None = None) -> None:
     """Guard every websocket client ``ex`` creates from now on."""
-    validate = binance_frame_problem if ex.id.startswith("binance") else None
+    validate = frame_check(ex.id)
     original = ex.client
 
     def client(url: str) -> Any:

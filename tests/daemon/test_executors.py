@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.executors import KillSwitch, LiveExecutor, LiveTradingRefused, PaperExecutor
+from daemon.executors import KillSwitch, LiveTradingRefused, PaperExecutor
+from daemon.live_executor import LiveExecutor, LiveVenue
 from daemon.http import HttpServer
 from schemas import Action, MarketActionSpec
 from schemas.settings import ExecutorSettings
@@ -49,15 +50,36 @@ def test_hard_limits(tmp_path):
     assert "orders in the last minute" in ex.refused[-1][1]
     small = PaperExecutor(cfg(max_notional=10.0), KillSwitch(tmp_path / "KILL2"))
     assert asyncio.run(small.execute(action(6, size=1.0), QUOTE)) is not None  # size scales max_notional
-    assert small.gate.check("BTC/USDT", 11.0) is not None
+    assert small.gate.check(("", "BTC/USDT"), 11.0) is not None
 
 
 def test_positions_close_at_their_horizon(tmp_path):
     ex = PaperExecutor(cfg(max_position=100.0), KillSwitch(tmp_path / "KILL"))
     assert asyncio.run(ex.execute(action(1, size=1.0), QUOTE)) is not None
     assert asyncio.run(ex.execute(action(2, size=1.0), QUOTE)) is None
-    ex.on_market_time("BTC/USDT", QUOTE[0] + 5_000_000_000)
+    ex.on_market_time("", "BTC/USDT", QUOTE[0] + 5_000_000_000)
     assert asyncio.run(ex.execute(action(3, size=1.0), QUOTE)) is not None
+
+
+def test_paper_positions_key_by_exchange_and_symbol(tmp_path):
+    ex = PaperExecutor(cfg(max_position=100.0), KillSwitch(tmp_path / "KILL"))
+    on = lambda i, venue: action(i, size=1.0).model_copy(update={"exchange": venue})  # noqa: E731
+    assert asyncio.run(ex.execute(on(1, "binance"), QUOTE)) is not None
+    assert asyncio.run(ex.execute(on(2, "okx"), QUOTE)) is not None  # another venue: its own position
+    ex.on_market_time("okx", "BTC/USDT", QUOTE[0] + 5_000_000_000)  # closes okx's only
+    assert ex.gate.positions == {("binance", "BTC/USDT"): 100.0, ("okx", "BTC/USDT"): 0.0}
+
+
+def test_paper_fills_and_refusals_are_bounded(tmp_path):
+    ex = PaperExecutor(cfg(max_position=1e12, keep_recent=5), KillSwitch(tmp_path / "KILL"))
+    for i in range(30):
+        asyncio.run(ex.execute(action(i, size=0.01), QUOTE))
+    ex.gate.kill.engage("test")
+    for i in range(30, 50):
+        asyncio.run(ex.execute(action(i, size=0.01), QUOTE))
+    assert (ex.fills_total, ex.refused_total) == (30, 20)
+    assert [f.group_id for f in ex.fills] == [f"g{i}" for i in range(25, 30)]
+    assert [g for g, _ in ex.refused] == [f"g{i}" for i in range(45, 50)]
 
 
 async def _orders_until_killed(ex: PaperExecutor, engage) -> tuple[float, float | None, int]:
@@ -131,7 +153,7 @@ def test_live_executor_refuses_without_both_switches(monkeypatch, tmp_path, env,
     else:
         monkeypatch.setenv("EIGENLOOP_LIVE_TRADING", env)
     with pytest.raises(LiveTradingRefused) as e:
-        LiveExecutor.create(cfg(), KillSwitch(tmp_path / "KILL"), exchange=object(), acknowledged=ack)
+        LiveExecutor.create(cfg(), KillSwitch(tmp_path / "KILL"), {}, acknowledged=ack)
     assert "live trading refused" in str(e.value)
 
 
@@ -142,7 +164,7 @@ class RecordingExchange:
     def __init__(self):
         self.orders = []
 
-    async def create_order(self, symbol, type_, side, amount):
+    async def create_order(self, symbol, type_, side, amount, price=None, params=None):
         self.orders.append((symbol, type_, side, amount))
         return {"id": str(len(self.orders))}
 
@@ -151,7 +173,7 @@ def test_live_executor_with_both_switches_goes_through_the_gate(monkeypatch, tmp
     monkeypatch.setenv("EIGENLOOP_LIVE_TRADING", "1")
     exchange = RecordingExchange()
     kill = KillSwitch(tmp_path / "KILL")
-    ex = LiveExecutor.create(cfg(max_orders_per_minute=2), kill, exchange, acknowledged=True)
+    ex = LiveExecutor.create(cfg(max_orders_per_minute=2), kill, {"": LiveVenue("", exchange)}, acknowledged=True)
     assert asyncio.run(ex.execute(action(1, size=0.5), QUOTE)) == {"id": "1"}
     assert exchange.orders == [("BTC/USDT", "market", "buy", 50.0 / 100.1)]
     kill.engage("test")

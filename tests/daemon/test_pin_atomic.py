@@ -134,7 +134,7 @@ class Recorder:
     async def send_and_wait(self, topic: str, event) -> None:
         self.calls.append((topic, event.action, event.blocks, event.policy_version))
 
-    async def _snapshot(self):
+    async def snapshot_locked(self):
         self.calls.append("snapshot")
         return snapshots.write_snapshot(self.policy.state, self.root, {}, suffix="-after-pin")
 
@@ -178,3 +178,35 @@ def test_http_pin_outside_the_root_is_refused_and_changes_nothing(root, tmp_path
     status, body = asyncio.run(go())
     assert status == 400 and "snapshot root" in body["error"]
     assert fingerprint(d.policy.state) == before and rec.calls == []
+
+
+def test_offline_pin_skips_a_torn_newest_snapshot(root, tmp_path, monkeypatch):
+    """No daemon answers: the CLI pins into the newest snapshot that loads (as the daemon's
+    start would pick it), not into a torn one, and says nothing went wrong with the pin itself."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from daemon.cli import app
+
+    source = snapshots.write_snapshot(tiny(0), root, {"learn.groups:0": 0})
+    good = snapshots.write_snapshot(learned(0), root, {"learn.groups:0": 5})
+    torn = root / good.name.replace("0000000001", "0000000002")
+    shutil.copytree(good, torn)
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with socket.socket() as sock:  # a port nobody listens on: the CLI works offline
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("EIGENLOOP_DATA_DIR", str(root.parent))
+    monkeypatch.setenv("EIGENLOOP_HTTP__PORT", str(port))
+    out = CliRunner().invoke(app, ["learner", "pin-blocks", "--snapshot", str(source), "--blocks", "0"])
+    assert out.exit_code == 0, out.output
+    (written,) = root.glob("*-pinned")
+    assert written.name in out.output
+    # the daemon's start skips the torn one again and resumes from the pinned one
+    assert snapshots.load_newest(root, device="cpu")[1] == written
+    assert snapshots.snapshot_offsets(written) == {"learn.groups:0": 5}  # the good one's, not the torn one's
+    pinned = snapshots.load(written, device="cpu")
+    assert block_checksum(pinned.model, 0) == block_checksum(tiny(0).model, 0)
+    assert block_checksum(pinned.model, 1) == block_checksum(learned(0).model, 1)

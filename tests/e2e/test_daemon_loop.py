@@ -3,6 +3,9 @@ policy → next action, with the real broker, a real Faust worker and the real d
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
 
 from daemon.learner_loop import model_checksum
@@ -31,6 +34,11 @@ def test_replay_through_the_whole_loop(kafka_settings, tmp_path, shared_data, ti
             port = http_port(daemon)
             wait_status(port, lambda st: st["groups"] >= 20 and st["policy_version"] > 0
                         and st["market_span_s"] >= 125, 600, daemon)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+                health = json.loads(r.read())
+            # liveness from the running parts themselves, not literals
+            assert health["ok"] and health["tasks"] == {"learner": True, "actor": True}, health
+            assert health["model_loaded"] and health["failing"] == [], health
             assert daemon.stop() == 0, "".join(daemon.lines[-40:])
         finally:
             daemon.stop()

@@ -5,8 +5,9 @@ Phases, so every figure is exact:
 1. start everything (own broker: it gets restarted) and wait for the daemon;
 2. inject malformed websocket frames; wait until each is a dead letter in Kafka;
 3. inject malformed Kafka records; wait until each is dead-lettered (by source coordinates);
-4. chaos: kill -9 the daemon, the streams worker or the sink at random moments (the supervisor
-   restarts them), and restart the broker once half-way;
+4. chaos: kill -9 the daemon, the streams worker or the sink, spread from the first group learnt
+   to the end of the replay, a third or more of the daemon kills inside its apply or snapshot
+   windows (``killer``; the supervisor restarts them), and restart the broker once half-way;
 5. let the replay finish and every group close, the learner catch up, then stop gracefully.
 """
 
@@ -14,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import shutil
-import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -31,13 +30,14 @@ from daemon.eventlog import read_range
 from daemon.eventlog.admin import ensure_topics
 from daemon.eventlog.connection import client_kwargs, topic
 from daemon.learner_loop import model_checksum
-from daemon.supervisor import Child, Supervisor, child_env
+from daemon.supervisor import Child, child_env
 from schemas import Action, DeadLetter, GRPOGroup, SnapshotMarker
 from schemas.settings import (ActorSettings, GroupConfig, GuardSettings, HttpSettings, KafkaSettings, LearnerSettings,
                               Settings)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from harness import TINY_LEARNER, clean_replay, daemon_status, install_snapshot, write_config  # noqa: E402
+from killer import Killer, MarkingSupervisor, Moments, report  # noqa: E402
 
 EIGENLOOP = str(Path(sys.executable).parent / "eigenloop")
 
@@ -59,9 +59,11 @@ class Figures:
     checksum_matches: bool = False
     alive_at_end: dict[str, bool] = field(default_factory=dict)
     wall_s: float = 0.0
+    kill_report: dict = field(default_factory=dict)  # ``killer.report``: when, whom, in which state
 
     def print(self) -> None:
-        print("fault-injection figures:", json.dumps(self.__dict__, indent=1))
+        print("fault-injection figures:", json.dumps({k: v for k, v in self.__dict__.items() if k != "kill_report"},
+                                                     indent=1))
 
 
 def _free_port() -> int:
@@ -114,9 +116,12 @@ async def run_chaos(work: Path, shared_data: Path, initial_snapshot: Path, *, ki
     await ensure_topics(s, partitions=3)
     install_snapshot(initial_snapshot, s.data_dir)
     cfg = write_config(s, work / "config.yaml")
-    env = child_env({"EIGENLOOP_CONFIG": str(cfg), "OMP_NUM_THREADS": "1"})
+    hook_dir = work / "fault-hook"
+    hook_dir.mkdir()
+    moments = Moments(hook_dir)
+    env = child_env({"EIGENLOOP_CONFIG": str(cfg), "OMP_NUM_THREADS": "1", "EIGENLOOP_FAULT_HOOK": str(hook_dir)})
     env = {k: v for k, v in env.items() if k not in ("EIGENLOOP_KAFKA_BOOTSTRAP", "EIGENLOOP_DATA_DIR")}
-    sup = Supervisor(backoff_initial_s=0.5, backoff_max_s=2.0)
+    sup = MarkingSupervisor(backoff_initial_s=0.5, backoff_max_s=2.0)
     logs = work / "logs"
     try:
         await sup.add(Child("streams", [EIGENLOOP, "streams", "worker"], env, logs / "streams.log"))
@@ -157,21 +162,27 @@ async def run_chaos(work: Path, shared_data: Path, initial_snapshot: Path, *, ki
             return n >= kafka_records
         await _wait(kafka_done, 300, f"{kafka_records} Kafka dead letters", 2.0)
 
-        # 4. chaos
-        broker_at = kills // 2
+        # 4. chaos, from the learner's first group (before it, the children are still starting and
+        # there is no work to interrupt) to the replay's last line
+        replay_end = await _replay_due_end(cluster)
 
-        async def running():  # a child still in its restart backoff cannot be killed again
-            return [c for c in sup.children if c.proc is not None and c.proc.returncode is None]
-        for k in range(kills):
-            await asyncio.sleep(rng.uniform(1.0, 4.0))  # a random moment, by design
-            victim = rng.choice(await _wait(running, 120, "a supervised child to be running", 0.2))
-            os.kill(victim.proc.pid, signal.SIGKILL)
-            fig.kills[victim.name] += 1
-            if k == broker_at:
+        async def learning() -> bool:  # the daemon's own fault hook says it opened an apply window
+            moments.poll()
+            return bool(moments.working)
+        await _wait(learning, 600, "the learner's first group", 0.5)
+        window = (time.monotonic(), replay_end)
+        # under about 5 s a kill the schedule would be a burst again, most victims still restarting
+        assert window[1] - window[0] >= 5 * kills, f"{window[1] - window[0]:.0f} s of replay left for {kills} kills"
+
+        async def after_kill(k: int) -> None:
+            if k == kills // 2:
                 await asyncio.to_thread(kafka_local.stop, broker_dir)
                 restarted = await asyncio.to_thread(kafka_local.start, broker_dir)
                 assert restarted.bootstrap == info.bootstrap, "the broker came back on another port"
                 fig.broker_restarts += 1
+        killer = Killer(sup, moments, rng)
+        for k in await killer.run(kills, t_start, *window, after_kill):
+            fig.kills[k.target] += 1
 
         # 5. quiesce: replay over, every group closed, the learner caught up
         await cluster.wait_finished(timeout=900)
@@ -207,7 +218,17 @@ async def run_chaos(work: Path, shared_data: Path, initial_snapshot: Path, *, ki
     fig.checksum_matches = model_checksum(state) == final.checksum
     await asyncio.to_thread(kafka_local.stop, broker_dir)
     fig.wall_s = round(time.monotonic() - t_start, 1)
+    fig.kill_report = report(killer.kills, fig.wall_s, (window[0] - t_start, window[1] - t_start), moments)
     return fig
+
+
+async def _replay_due_end(cluster) -> float:
+    """Monotonic time (the event loop's clock) at which the replay is due to play its last line."""
+    def last_ns(cap) -> int:
+        return deque(replace(cap, files=cap.files[-1:]).lines(), maxlen=1)[0][0]
+    last = max(await asyncio.to_thread(lambda: [last_ns(c) for c in cluster.binance.captures]))
+    await cluster.binance.pacer.started.wait()
+    return cluster.binance.pacer.due(last)
 
 
 async def _subscribed(cluster) -> bool:

@@ -9,6 +9,7 @@ from schemas.settings import KafkaSettings, Settings
 import pytest
 
 from daemon import cli_run, cli_streams
+from daemon.errors import ConfigError
 from schemas.settings import StreamsSettings
 from streams.flink_job import from_settings, latest_checkpoint, restore_path, sink_ddl, source_ddl
 from flink_harness import EIGENLOOP, REPO
@@ -79,8 +80,8 @@ def test_eigenloop_run_supervises_the_flink_job_when_the_engine_is_flink(monkeyp
     faust = Settings(streams=StreamsSettings(engine="faust"))
     flink = Settings(streams=StreamsSettings(engine="flink"))
     assert cli_run.streams_command(faust) == ["streams", "worker"]
-    monkeypatch.setattr(cli_streams, "_flink_python", lambda: "/opt/flink-venv/bin/python")
+    monkeypatch.setattr(cli_streams, "flink_python", lambda: "/opt/flink-venv/bin/python")
     assert cli_run.streams_command(flink) == ["streams", "flink", "--local", "--restore", "auto"]
-    monkeypatch.setattr(cli_streams, "_flink_python", lambda: None)
-    with pytest.raises(cli_run.ConfigurationError, match="make flink-setup"):
+    monkeypatch.setattr(cli_streams, "flink_python", lambda: None)
+    with pytest.raises(ConfigError, match="make flink-setup"):
         cli_run.streams_command(flink)

@@ -101,3 +101,54 @@ def test_ensure_topics_asks_the_cluster(monkeypatch):
     assert len(created) == len(CATALOGUE)
     got = _by_name(_FakeAdmin.requests)
     assert got["learn.groups"] == (3, "2")
+
+
+def test_streams_worker_topics_follow_their_class_on_the_real_broker(kafka_settings):
+    """The worker's re-keying topic (and, through ``create_app``, its changelogs) get
+    ``kafka.replication.streams``: the one-broker suite cluster resolves to one copy, and a
+    factor the cluster cannot hold stops the worker before it creates anything."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from daemon.eventlog.connection import client_kwargs
+    from streams.app import create_app, prepare_topics
+    from schemas.topics import topic_name
+
+    prefix = kafka_settings.kafka.topic_prefix
+    kw = client_kwargs(kafka_settings)
+    internal = f"{prefix}streams-internal-test"
+    market, actions = topic_name("market.events", prefix), topic_name("agent.actions", prefix)
+    with pytest.raises(ValueError, match=r"kafka.replication.streams.factor=3 but the cluster has 1 broker"):
+        asyncio.run(prepare_topics(kw, market, internal, actions, Replication(factor=3)))
+
+    layout = asyncio.run(prepare_topics(kw, market, internal, actions, kafka_settings.kafka.replication.streams))
+    assert (layout.partitions, layout.replication) == (3, 1)
+
+    async def described():
+        # a created topic reaches the broker's config view a moment after CreateTopics answers:
+        # ask until it is there (error 0) or the deadline passes
+        client = AIOKafkaAdminClient(**kw)
+        await client.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 15
+            while True:
+                got = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, internal)])
+                if all(r[0] == 0 for resp in got for r in resp.resources):
+                    return got
+                assert asyncio.get_running_loop().time() < deadline, f"{internal} never described: {got}"
+                await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+
+    configs = {c[0]: c[1] for c in described_configs(asyncio.run(described()))}
+    assert configs["min.insync.replicas"] == "1"
+
+    app = create_app(kafka_settings, kafka_settings.kafka.bootstrap, layout.partitions, replication=3)
+    assert app.conf.topic_replication_factor == 3
+
+
+def described_configs(responses):
+    """(name, value) of every config entry in aiokafka's DescribeConfigs responses."""
+    for resp in responses:
+        for resource in resp.resources:
+            yield from ((entry[0], entry[1]) for entry in resource[4])

@@ -3,6 +3,7 @@ bounds of the escalation, events and metrics, release, restart, and the per-bloc
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,33 @@ def test_pinning_restores_only_the_offending_blocks(tmp_path: Path):
     assert now == [at_snapshot[0], moved[1], moved[2]]
     assert policy.state.block_steps == [0, 1, 1]  # the pinned block's optimiser counters went back too
     assert guard.offending_blocks(0) == [1, 2]  # block 0's drift was forgotten with its rollback
+
+
+def test_pinning_skips_a_damaged_snapshot_for_the_previous_healthy_one(tmp_path: Path):
+    """The newest healthy snapshot's tensors are torn: the guard reports it, leaves the model as
+    it was for that attempt, and pins from the next older healthy snapshot instead of crashing."""
+    policy = ResidentPolicy(small_state(block_selection="round_robin", blocks_per_group=1))
+    guard = CollapseGuard(config(temperature_max=1.0, pin_share=0.75), policy, tmp_path)
+    feed(guard, healthy, 1)
+    older = write_snapshot(policy.state, tmp_path, {})
+    at_snapshot = [block_checksum(policy.state.model, b) for b in range(3)]
+    # a second snapshot of the same version (as a /snapshot call without updates in between writes)
+    newer = tmp_path / older.name.replace("0000000000", "0000000001")
+    shutil.copytree(older, newer)
+    weights = newer / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for g in (healthy(0), healthy(1), healthy(2), healthy(3)):
+        updates, _ = policy.apply_sync(g)
+        guard.observe([], updates)
+    moved = [block_checksum(policy.state.model, b) for b in range(3)]
+    failures = REGISTRY.get_sample_value("eigenloop_snapshot_load_failures_total") or 0.0
+
+    assert [p for p, _ in guard.healthy_snapshots()] == [newer, older]
+    feed(guard, collapsed, 2)
+    (a,) = feed(guard, collapsed, 2)
+    assert a.action == "pin_blocks" and a.blocks == [0] and older.name in a.reason
+    assert [block_checksum(policy.state.model, b) for b in range(3)] == [at_snapshot[0], moved[1], moved[2]]
+    assert REGISTRY.get_sample_value("eigenloop_snapshot_load_failures_total") == failures + 1
 
 
 @pytest.mark.parametrize("kw", [dict(window_groups=0), dict(zero_spread_ceiling=1.5), dict(surprise=1)])
