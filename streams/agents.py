@@ -1,7 +1,9 @@
 """The agents: each decodes nothing itself, calls one engine method per record and sends what it
 returns; the timer closes idle windows and watches for stalled input (``streams.health``).
 Every record first passes the agent's input cursor (``streams.cursor``): Faust's consumer can
-skip records, and only the agent knows which offsets it has processed."""
+skip records, and only the agent knows which offsets it has processed. Before the symbols agent
+processes a partition, the in-memory market state of that partition is rebuilt from the log up
+to its cursor (``streams.rebuild``)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 import faust
 from faust.types import TP
@@ -18,6 +20,7 @@ from schemas.settings import StreamsSettings
 from streams.cursor import GAP, PROCESS, InputCursor
 from streams.engine import Emit, SymbolEngine, tick_record
 from streams.health import STALL_EXIT_CODE, WorkerHealth
+from streams.rebuild import rebuild_partition
 from streams.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -44,23 +47,42 @@ def _guarded(engine: SymbolEngine, handle: Callable[..., list[Emit]], event: fau
                                    **_where(event))]
 
 
-class InputGuard:
-    """One agent's input cursor plus the consumer calls it needs (first offsets, seek, flush)."""
+Rebuild = Callable[[tuple[str, int], int, int, "int | None"], Awaitable[None]]
 
-    def __init__(self, app: faust.App, cursor: InputCursor, name: str):
+
+class InputGuard:
+    """One agent's input cursor plus the consumer calls it needs (first offsets, seek, flush).
+
+    ``state_topic``: the input whose partitions carry in-memory state (market.events for the
+    symbols agent). Starting any partition number also starts that topic's partition of the
+    same number (co-partitioned), and ``rebuild(tp, cursor, earliest, mark)`` restores its state
+    before the cursors start, so no record of that partition number is processed before it.
+    ``mark(tp)``: what to persist with that partition's cursor for the next rebuild."""
+
+    def __init__(self, app: faust.App, cursor: InputCursor, name: str, *, state_topic: str | None = None,
+                 rebuild: Rebuild | None = None, mark: Callable[[tuple[str, int]], int | None] | None = None):
         self.app, self.cursor, self.name = app, cursor, name
+        self.state_topic, self.rebuild, self.mark = state_topic, rebuild, mark
+        self._starting = asyncio.Lock()  # the agent and the timer both start partitions
 
     async def start(self, tps: Iterable[tuple[str, int]]) -> None:
-        todo = [tp for tp in tps if not self.cursor.started(tp)]
-        if not todo:
-            return
-        earliest = await self.app.consumer.earliest_offsets(*(TP(*tp) for tp in todo))
-        for tp in todo:
-            if self.cursor.started(tp):  # started by the agent or the timer while this one waited
-                continue
-            first = earliest.get(TP(*tp))
-            at = self.cursor.start(tp, first if first is not None else 0)
-            log.info("%s: %s:%d resumes at offset %d", self.name, tp[0], tp[1], at)
+        tps = list(tps)
+        if self.state_topic is not None:
+            tps += [(self.state_topic, p) for p in {tp[1] for tp in tps}]
+        async with self._starting:
+            todo = sorted({tp for tp in tps if not self.cursor.started(tp)})
+            if not todo:
+                return
+            earliest = await self.app.consumer.earliest_offsets(*(TP(*tp) for tp in todo))
+            first = {tp: earliest.get(TP(*tp)) or 0 for tp in todo}
+            if self.rebuild is not None:
+                for tp in todo:
+                    if tp[0] == self.state_topic:
+                        await self.rebuild(tp, self.cursor.resume_at(tp, first[tp]), first[tp],
+                                           self.cursor.saved_mark(tp))
+            for tp in todo:
+                at = self.cursor.start(tp, first[tp])
+                log.info("%s: %s:%d resumes at offset %d", self.name, tp[0], tp[1], at)
 
     async def admit(self, event: faust.EventT) -> bool:
         """Process this record? Below the cursor: no (done before). Above it: no, and seek back."""
@@ -97,8 +119,9 @@ class InputGuard:
         now = time.monotonic()
         if self.cursor.persist_due(m.partition, now):
             snap = self.cursor.snapshot(m.partition)
+            marks = {tp: self.mark(tp) for tp in snap if tp[0] == self.state_topic} if self.mark else None
             await self.app.producer.flush()  # what the snapshot covers is on the broker
-            self.cursor.persist(snap, m.partition, now)
+            self.cursor.persist(snap, m.partition, now, marks)
 
 
 def _caught_up(cursor: InputCursor, tp: tuple[str, int],
@@ -118,10 +141,22 @@ def _caught_up(cursor: InputCursor, tp: tuple[str, int],
     return nxt >= high
 
 
-def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: StreamsSettings) -> None:
+def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: StreamsSettings, client_kw: dict) -> None:
+    """``client_kw``: aiokafka client arguments, for reading the market log again on assignment."""
     internal = topo.internal.get_topic_name()
+    market_topic = topo.market.get_topic_name()
+
+    async def rebuild(tp: tuple[str, int], cursor: int, earliest: int, mark: int | None) -> None:
+        held, engine.hold_expiry = engine.hold_expiry, True  # keep all that is read: it was held then
+        try:
+            await rebuild_partition(client_kw, tp, cursor, earliest, mark, conf.market_window_s, engine.rebuild_quote)
+        finally:
+            engine.hold_expiry = held
+        engine.restore_agenda()  # the pending candidates of this partition are recovered by now
+
     routed = InputGuard(app, InputCursor(topo.action_cursors), "route-actions")
-    symbols_in = InputGuard(app, InputCursor(topo.cursors), "symbols")
+    symbols_in = InputGuard(app, InputCursor(topo.cursors), "symbols", state_topic=market_topic, rebuild=rebuild,
+                            mark=engine.book_start)
     engine.hold_expiry = True  # until the timer has seen the candidate path caught up
 
     @app.agent(topo.actions, name="route-actions")
@@ -146,6 +181,9 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
     async def forget_revoked(sender: faust.App, revoked: set[TP], **kwargs: object) -> None:
         for guard in (routed, symbols_in):
             guard.cursor.forget((tp.topic, tp.partition) for tp in revoked)
+        for tp in revoked:
+            if tp.topic == market_topic:
+                engine.forget_market((tp.topic, tp.partition))
 
     state = WorkerHealth(conf.stall_after_s, conf.stall_exit_s)
 
@@ -153,7 +191,7 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
         return state.highwater(tp, app.consumer.highwater(TP(*tp)))
 
     actions_topic = topo.actions.get_topic_name()
-    guards = {actions_topic: routed, internal: symbols_in, topo.market.get_topic_name(): symbols_in}
+    guards = {actions_topic: routed, internal: symbols_in, market_topic: symbols_in}
 
     def positions() -> dict[tuple[str, int], int]:
         return {**routed.cursor.positions(), **symbols_in.cursor.positions()}
@@ -173,13 +211,14 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
         nonlocal ends_probe
         # ticks go through the partition that owns the symbol, so only its agent touches state
         if app.tables.recovery.completed.is_set():
-            if not state.ready:
-                state.ready = True
-                print("streams worker ready", flush=True)  # supervisors and tests wait for this line
-            # every assigned input partition gets a cursor, so one that never delivers is seen
+            # every assigned input partition gets a cursor, so one that never delivers is seen;
+            # the symbols' cursors start once their market state is rebuilt from the log
             assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in guards]
             for guard in (routed, symbols_in):
                 await guard.start([tp for tp in assigned if guards[tp[0]] is guard])
+            if not state.ready:
+                state.ready = True
+                print("streams worker ready", flush=True)  # supervisors and tests wait for this line
             # a candidate may still come from the past unless its whole path (agent.actions, the
             # internal topic) is processed to the end: hold market expiry until then
             candidate_path = [tp for tp in assigned if tp[0] in (actions_topic, internal)]

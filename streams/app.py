@@ -155,7 +155,7 @@ def build(settings: Settings, client_kw: dict) -> faust.App:
         topic_name("agent.actions", prefix), settings.kafka.replication.streams))
     app = create_app(settings, bootstrap, layout.partitions, layout.replication)
     topo = topology.declare(app, settings, layout.partitions, layout.action_partitions)
-    agents.register(app, topo, topology.engine_for(topo, settings), settings.streams)
+    agents.register(app, topo, topology.engine_for(topo, settings), settings.streams, client_kw)
     return app
 
 

@@ -25,6 +25,10 @@ had processed before the flush (``snapshot`` -> flush -> ``persist``). After a r
 starts there (or at the partition's first offset on a fresh start), whatever offset Faust
 committed: records before it are skipped exactly, records from it on are processed again (the
 engine drops what its state already holds). Pure bookkeeping: the agent does the I/O.
+
+With each cursor the agent can persist a *mark* (``mark_key``): for a market partition, the
+source offset of the oldest quote its in-memory book held at the snapshot. A restart rebuilds
+the book by reading the log from the mark up to the cursor (``streams.rebuild``).
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ PROCESS, REPLAYED, GAP = "process", "replayed", "gap"
 
 def cursor_key(tp: TopicPartition) -> str:
     return f"{tp[0]}|{tp[1]}"
+
+
+def mark_key(tp: TopicPartition) -> str:
+    return f"{tp[0]}|{tp[1]}|book"
 
 
 class InputCursor:
@@ -55,11 +63,20 @@ class InputCursor:
     def started(self, tp: TopicPartition) -> bool:
         return tp in self.next
 
-    def start(self, tp: TopicPartition, earliest: int) -> int:
-        """First record of ``tp`` since this process started: resume at the persisted cursor, or
-        at the partition's first offset (``earliest``: retention may have deleted older ones)."""
+    def resume_at(self, tp: TopicPartition, earliest: int) -> int:
+        """Where ``tp`` resumes: at the persisted cursor, or at the partition's first offset
+        (``earliest``: retention may have deleted older ones)."""
         saved = self.store.get(cursor_key(tp))
-        self.next[tp] = earliest if saved is None else max(int(saved), earliest)
+        return earliest if saved is None else max(int(saved), earliest)
+
+    def saved_mark(self, tp: TopicPartition) -> int | None:
+        mark = self.store.get(mark_key(tp))
+        return None if mark is None else int(mark)
+
+    def start(self, tp: TopicPartition, earliest: int) -> int:
+        """First record of ``tp`` since this process started: from now on records of ``tp``
+        are checked against the cursor (``resume_at``)."""
+        self.next[tp] = self.resume_at(tp, earliest)
         return self.next[tp]
 
     def skip_to(self, tp: TopicPartition, earliest: int) -> int | None:
@@ -126,12 +143,19 @@ class InputCursor:
         everything below them durable."""
         return {tp: n for tp, n in self.next.items() if tp[1] == partition}
 
-    def persist(self, snap: dict[TopicPartition, int], partition: int, now: float) -> None:
-        """Write a flushed snapshot. Only from a record of the same partition number: the table
-        write lands in that changelog partition, which is what a restart of it recovers."""
+    def persist(self, snap: dict[TopicPartition, int], partition: int, now: float,
+                marks: dict[TopicPartition, int | None] | None = None) -> None:
+        """Write a flushed snapshot, with the marks taken at the same moment. Only from a record
+        of the same partition number: the table write lands in that changelog partition, which
+        is what a restart of it recovers."""
         for tp, n in snap.items():
             if self.store.get(cursor_key(tp)) != n:
                 self.store[cursor_key(tp)] = n
+        # after the cursors: a kill between the two writes leaves the previous mark, which is at
+        # or below this one (the book's oldest quote only moves forward), so a rebuild reads more
+        for tp, mark in (marks or {}).items():
+            if self.store.get(mark_key(tp)) != mark:
+                self.store[mark_key(tp)] = mark
         self._persisted_at[partition] = now
         self._since_persist[partition] = 0
 

@@ -1,19 +1,24 @@
 """The per-symbol stream processor, written against plain mappings so it runs without Faust.
 
-In the worker the mappings are Faust tables (changelog-backed); in tests and in the PyFlink job
-they can be dicts or keyed state. The Faust agents only decode nothing, call one method here and
-send what it returns (``Emit``s).
+The market state (``book``, ``index``) is a pure function of the recent market log, so in the
+Faust worker it lives in memory and is rebuilt from the log after a restart or a rebalance
+(``rebuild_quote``, driven by ``streams.rebuild``). The ``agenda`` is a function of ``pending``:
+in memory too, rebuilt by ``restore_agenda``. The small state (``pending``, ``closed``) is in
+changelog-backed Faust tables. In tests and in the PyFlink job all of them can
+be dicts or keyed state. The Faust agents only decode nothing, call one method here and send
+what it returns (``Emit``s).
 
 State (all in the mappings; ``sk`` is ``"exchange|symbol"``):
 
-- ``book``: windowed table, key ``(sk, (start_s, end_s))`` = one tumbling bucket of
+- ``book``: key ``(sk, (start_s, end_s))`` = one tumbling bucket of
   ``bucket_s`` seconds of *event time*, value = the top-of-book quotes of that bucket whose
   prices changed (``[ts_ns, bid, bid_qty, ask, ask_qty, offset]``; the source offset makes a
   replay after a restart exact, even for quotes sharing a timestamp). Size-only updates are not stored:
   fills, stops, vol and drawdown depend on prices only, so the result is bit-identical.
-- ``trades``: same windowing, value = ``[count, qty, notional, last_price, last_ts, last_ids]``.
+  Trades are not stored: no reward reads them; they move event time only.
 - ``index``: ``sk -> [first_bucket, last_bucket]``, so old buckets expire in event time.
-- ``pending``: ``group_id ->`` the arrived candidates, their horizons and outcomes so far.
+- ``pending``: ``group_id ->`` the arrived candidates and their horizons. The outcomes scored
+  so far are in memory (``scored``): a restart scores them again on the rebuilt book.
 - ``agenda``: ``sk -> {"due": ns, "groups": {group_id: ns}}``: when something next falls due.
 - ``closed``: ``sk -> {group_id: window_end}``: replayed or late candidates of closed groups
   are dropped instead of re-opening them (kept ``CLOSED_RETENTION_NS`` of event time).
@@ -41,14 +46,14 @@ from schemas.codec import DecodeError, decode
 from schemas.deadletter import DeadLetter
 from schemas.market import BookTicker, DepthUpdate, MarketTrade, MarketWatermark, StreamGap
 from schemas.settings import GroupConfig, RewardConfig
+from streams.clock import Clock
+from streams.market_book import MarketBook, state_key
 from streams.grouping import close_group, window_end_ns
-from streams.rewards import BookPath, horizon_end_ns, score_action, to_outcome
+from streams.rewards import horizon_end_ns, score_action, to_outcome
 
 TICK_TYPE = "streams.tick"
 CLOSED_RETENTION_NS = 600 * 1_000_000_000
 _NEVER = 1 << 62
-MAX_LAG_NS = 1_000_000_000
-SEED_IDLE_NS = 2_000_000_000  # after a restart, give the consumer this long to deliver a first event
 IGNORED_MARKET = (DepthUpdate, StreamGap)  # valid records the paper fill does not use
 
 
@@ -61,95 +66,39 @@ class Emit:
     value: bytes
 
 
-def state_key(exchange: str, symbol: str) -> str:
-    return f"{exchange}|{symbol}"
-
-
 def tick_record(sk: str, now: int = 0) -> bytes:
     """A timer tick: close what is due for ``sk`` at estimated event time ``now``."""
     return json.dumps({"type": TICK_TYPE, "sk": sk, "now": now}).encode()
 
 
-class Clock:
-    """Event time per ``sk``: watermark, and an idle estimate anchored on ``ts_ingest``.
+class SymbolEngine(MarketBook):
+    """Market state (``streams.market_book``), pending candidates, outcomes and group closing for
+    the symbols it owns."""
 
-    Derived state only (rebuilt from the next events, or seeded after a restart): persisting
-    it would cost one changelog write per market event for nothing that cannot be recomputed.
-    """
-
-    def __init__(self, idle_after_s: float):
-        self.idle_after_ns = round(idle_after_s * 1e9)
-        self._wm: dict[str, int] = {}
-        self._ref: dict[str, tuple[int, int, int]] = {}  # sk -> (ts_event, ts_ingest, wall seen)
-
-    def observe(self, sk: str, ts_event: int, ts_ingest: int, wall_ns: int) -> int:
-        wm = self._wm.get(sk, 0)
-        if ts_event > wm:
-            wm = self._wm[sk] = ts_event
-            self._ref[sk] = (ts_event, ts_ingest, wall_ns)
-        elif sk in self._ref:
-            e, i, _ = self._ref[sk]
-            self._ref[sk] = (e, i, wall_ns)  # still active: not idle
-        else:
-            self._ref[sk] = (ts_event, ts_ingest, wall_ns)
-        return wm
-
-    def watermark(self, sk: str) -> int:
-        return self._wm.get(sk, 0)
-
-    def seed(self, sk: str, ts_event: int, wall_ns: int) -> None:
-        """After a restart with no event yet: let idle time run from now, at 1x."""
-        if sk not in self._ref:
-            self._wm.setdefault(sk, ts_event)
-            self._ref[sk] = (ts_event, wall_ns, wall_ns)
-
-    def idle_now(self, sk: str, wall_ns: int, caught_up: bool = False) -> int | None:
-        """Estimated event time now if ``sk`` has been idle long enough, else None.
-
-        Live, ``ts_ingest`` tracks event time, so event time now is the last event's time plus
-        the wall time since it was *ingested*. How far behind ingest we saw it (our lag) counts
-        for at most ``MAX_LAG_NS``: a consumer catching up on a backlog must not jump ahead.
-        """
-        ref = self._ref.get(sk)
-        if ref is None:
-            return None
-        ts_event, ts_ingest, seen = ref
-        idle = wall_ns - seen
-        if idle < (self.idle_after_ns if seen != ts_ingest else max(self.idle_after_ns, SEED_IDLE_NS)):
-            return None
-        lag = max(seen - ts_ingest, 0)
-        if not caught_up:
-            lag = min(lag, MAX_LAG_NS)
-        return max(self._wm.get(sk, 0), ts_event + idle + lag)
-
-
-class SymbolEngine:
-    """Market state, pending candidates, outcomes and group closing for the symbols it owns."""
-
-    def __init__(self, reward: RewardConfig, groups: GroupConfig, *, book: MutableMapping,
-                 trades: MutableMapping, index: MutableMapping, pending: MutableMapping,
-                 agenda: MutableMapping, closed: MutableMapping, bucket_s: float = 1.0,
+    def __init__(self, reward: RewardConfig, groups: GroupConfig, *, pending: MutableMapping,
+                 closed: MutableMapping, agenda: MutableMapping | None = None, book: MutableMapping | None = None,
+                 index: MutableMapping | None = None, tp_store: MutableMapping | None = None,
+                 scored: MutableMapping | None = None, bucket_s: float = 1.0,
                  market_window_s: float = 60.0, idle_after_s: float = 0.25, idle_close: bool = True,
                  source: str = "streams"):
+        super().__init__(book=book, index=index, tp_store=tp_store, bucket_s=bucket_s,
+                         market_window_s=market_window_s)
         self.reward, self.groups = reward, groups
-        self.book, self.trades, self.index = book, trades, index
-        self.pending, self.agenda, self.closed = pending, agenda, closed
-        self.bucket_s = bucket_s
+        self.pending, self.closed = pending, closed
+        self.agenda = {} if agenda is None else agenda
         self.grace_ns = round(groups.grace_s * 1e9)
-        self.bucket_ns = round(bucket_s * 1e9)
-        self.keep_buckets = int(market_window_s / bucket_s) + 1
         self.clock = Clock(idle_after_s)
         # off for a loop-paced replay: its input pauses while the loop works, and a wall-clock
         # estimate would then score candidates on a book still missing the quotes to come
         self.idle_close = idle_close
         self.source = source
-        # market buckets are kept while a candidate may still be on its way (the worker sets this
-        # while the router or the internal topic has a backlog): in catch-up the market can run
-        # further ahead of the candidates than market_window_s, and a candidate whose book was
-        # already expired would be scored on nothing
-        self.hold_expiry = False
         self.counters: dict[str, int] = {}
-        self.tps: dict[str, tuple[str, int]] = {}  # sk -> market (topic, partition), for lag checks
+        # group_id -> candidate index -> outcome JSON, of groups still open. In memory for the
+        # Faust worker: an outcome is a pure function of the book, which a restart rebuilds, so it
+        # is scored again (same event_id, deduped downstream) instead of costing a changelog write
+        # of the whole group per scoring. The Flink job passes checkpointed state instead: its
+        # exactly-once sink must not emit an outcome that a restored checkpoint already committed.
+        self.scored: MutableMapping = {} if scored is None else scored
 
     # ---- inputs -------------------------------------------------------------------------
     def route_action(self, raw: bytes | None, *, topic: str, partition: int = -1,
@@ -174,8 +123,7 @@ class SymbolEngine:
             sk = state_key(ev.exchange, ev.symbol)
             self._add_quote(sk, ev, offset)
         elif isinstance(ev, MarketTrade):
-            sk = state_key(ev.exchange, ev.symbol)
-            self._add_trade(sk, ev)
+            sk = state_key(ev.exchange, ev.symbol)  # moves event time only: no reward reads trades
         elif isinstance(ev, MarketWatermark):
             sk = state_key(ev.exchange, ev.symbol)  # moves event time only: what it makes final closes
         elif isinstance(ev, IGNORED_MARKET):
@@ -185,10 +133,7 @@ class SymbolEngine:
                                "OutOfSchema")]
         now = self.clock.observe(sk, ev.ts_event, ev.ts_ingest, wall_ns)
         if self.tps.get(sk) != (topic, partition):
-            self.tps[sk] = (topic, partition)
-            span = self.index.get(sk)
-            if span is not None:
-                self.index[sk] = [span[0], span[1], topic, partition]  # for lag checks after a restart
+            self._set_tp(sk, (topic, partition))
         due = self.agenda.get(sk)
         if due is not None and due["due"] < now:
             return self._resolve(sk, now, wall_ns)
@@ -228,7 +173,7 @@ class SymbolEngine:
         out = []
         for sk, entry in list(self.agenda.items()):
             self.clock.seed(sk, self._last_quote_ts(sk), wall_ns)  # no-op unless unseen since start
-            tp = self.tps.get(sk) or self._persisted_tp(sk)
+            tp = self.market_tp(sk)
             state = caught_up(tp) if caught_up is not None and tp is not None else None
             # with a lag probe, idle means "read everything": unknown (e.g. still joining the
             # consumer group after a restart) is not idle, or a backlog would be skipped
@@ -238,92 +183,6 @@ class SymbolEngine:
             if (idle is not None and entry["due"] < idle) or (entry["expiry"] < now and wall_ns >= entry["grace"]):
                 out.append((sk.split("|", 1)[1], sk, now))
         return out
-
-    # ---- market state -------------------------------------------------------------------
-    def _bucket_key(self, sk: str, idx: int) -> tuple[str, tuple[float, float]]:
-        start = idx * self.bucket_s
-        return (sk, (start, start + self.bucket_s - 0.1))  # faust's WindowRange_from_start
-
-    def _touch_bucket(self, sk: str, idx: int) -> None:
-        span = self.index.get(sk)
-        if span is None:
-            self.index[sk] = [idx, idx]
-            return
-        first, last = span[0], span[1]
-        if idx <= last:
-            return
-        if self.hold_expiry:
-            self.index[sk] = [first, idx, *span[2:]]
-            return
-        cutoff = idx - self.keep_buckets
-        for old in range(first, min(cutoff, last + 1)):  # expire in event time
-            for table in (self.book, self.trades):
-                key = self._bucket_key(sk, old)
-                if key in table:
-                    del table[key]
-        self.index[sk] = [max(first, cutoff), idx, *span[2:]]
-
-    def _persisted_tp(self, sk: str) -> tuple[str, int] | None:
-        span = self.index.get(sk)
-        return (span[2], span[3]) if span is not None and len(span) == 4 else None
-
-    def _last_quote(self, sk: str) -> list | None:
-        span = self.index.get(sk)
-        if span is None:
-            return None
-        for idx in range(span[1], span[0] - 1, -1):
-            quotes = self.book.get(self._bucket_key(sk, idx))
-            if quotes:
-                return quotes[-1]
-        return None
-
-    def _last_quote_ts(self, sk: str) -> int:
-        q = self._last_quote(sk)
-        return q[0] if q else 0
-
-    def _add_quote(self, sk: str, ev: BookTicker, offset: int = -1) -> None:
-        if ev.bid_price <= 0 or ev.ask_price <= 0:
-            return
-        last = self._last_quote(sk)
-        if last is not None:
-            if 0 <= offset <= (last[5] if len(last) > 5 else -1):
-                return  # delivered again after a restart: the stored quote is this one or later
-            if ev.ts_event < last[0] or (last[1] == ev.bid_price and last[3] == ev.ask_price):
-                return  # older (a replay without offsets) or a size-only change: nothing to store
-        idx = ev.ts_event // self.bucket_ns
-        self._touch_bucket(sk, idx)
-        key = self._bucket_key(sk, idx)
-        quotes = list(self.book.get(key) or ())
-        quotes.append([ev.ts_event, ev.bid_price, ev.bid_qty, ev.ask_price, ev.ask_qty, offset])
-        self.book[key] = quotes
-
-    def _add_trade(self, sk: str, ev: MarketTrade) -> None:
-        idx = ev.ts_event // self.bucket_ns
-        self._touch_bucket(sk, idx)
-        key = self._bucket_key(sk, idx)
-        n, qty, notional, _px, last_ts, ids = self.trades.get(key) or (0, 0.0, 0.0, 0.0, 0, [])
-        if ev.ts_event < last_ts or (ev.ts_event == last_ts and ev.trade_id in ids):
-            return  # replayed after a restart
-        ids = [*ids, ev.trade_id] if ev.ts_event == last_ts else [ev.trade_id]
-        self.trades[key] = [n + 1, qty + ev.qty, notional + ev.qty * ev.price, ev.price, ev.ts_event, ids]
-
-    def book_path(self, sk: str, t_from: int, t_to: int) -> BookPath:
-        """Quotes from the one prevailing at ``t_from`` through ``t_to``, in time order."""
-        span = self.index.get(sk)
-        if span is None:
-            return BookPath(())
-        first, last = span[0], span[1]
-        lo = min(max(t_from // self.bucket_ns, first), last)
-        # walk back to the bucket holding the quote in force at t_from
-        while lo > first and not any(q[0] <= t_from for q in self.book.get(self._bucket_key(sk, lo)) or ()):
-            lo -= 1
-        hi = min(t_to // self.bucket_ns, last)
-        ticks = []
-        for idx in range(lo, hi + 1):
-            for q in self.book.get(self._bucket_key(sk, idx)) or ():
-                if q[0] <= t_to:
-                    ticks.append(q)
-        return BookPath(ticks)
 
     # ---- candidates, outcomes, groups ---------------------------------------------------
     def _action_key(self, action: Action) -> str:
@@ -347,6 +206,16 @@ class SymbolEngine:
         self._schedule(sk, action.group_id, g)
         return True
 
+    def restore_agenda(self) -> None:
+        """Derive the agenda from the pending groups (after a restart or an assignment: it has no
+        changelog, it would cost two writes per candidate for what ``pending`` already says)."""
+        for gid, g in list(self.pending.items()):
+            self._schedule(g["sk"], gid, g)
+
+    def _outcomes(self, gid: str, g: dict) -> dict[str, str]:
+        # "o" in pending: outcomes a version before this one stored there
+        return {**g.get("o", {}), **self.scored.get(gid, {})}
+
     def _window_end(self, g: dict) -> int:
         return window_end_ns(g["t0"], list(g["he"].values()), self.groups.grace_s)
 
@@ -358,7 +227,8 @@ class SymbolEngine:
         if g is None:
             groups.pop(gid, None)
         else:
-            todo = [he for i, he in g["he"].items() if i not in g["o"]]
+            done = self._outcomes(gid, g)
+            todo = [he for i, he in g["he"].items() if i not in done]
             groups[gid] = [min(todo) if todo else _NEVER, self._window_end(g), g["last"] + self.grace_ns]
         if groups:
             self.agenda[sk] = {"due": min(v[0] for v in groups.values()),
@@ -375,6 +245,10 @@ class SymbolEngine:
             return []
         out: list[Emit] = []
         for gid, (due, end, grace) in sorted(entry["groups"].items(), key=lambda kv: kv[1]):
+            if gid not in self.pending:  # its partition was taken away by a rebalance
+                self.scored.pop(gid, None)
+                self._schedule(sk, gid, None)
+                continue
             if due < now or (expire and end < now and wall_ns >= grace):
                 out.extend(self._advance(sk, gid, now, wall_ns, expire))
         return out
@@ -382,7 +256,7 @@ class SymbolEngine:
     def _advance(self, sk: str, gid: str, now: int, wall_ns: int, expire: bool) -> list[Emit]:
         g = self.pending[gid]
         actions = {i: Action.model_validate_json(a) for i, a in g["a"].items()}
-        outcomes = dict(g["o"])
+        outcomes = self._outcomes(gid, g)
         out: list[Emit] = []
         for i, action in sorted(actions.items(), key=lambda kv: int(kv[0])):
             if i not in outcomes and g["he"][i] < now:
@@ -399,8 +273,7 @@ class SymbolEngine:
         expired = expire and end < now and wall_ns - g["last"] >= self.grace_ns
         reason = "all_in" if len(outcomes) >= size else ("expired" if expired else None)
         if reason is None:
-            g = {**g, "o": outcomes}
-            self.pending[gid] = g
+            self.scored[gid] = outcomes
             self._schedule(sk, gid, g)
             return out
         group = close_group(list(actions.values()),
@@ -413,6 +286,7 @@ class SymbolEngine:
         closed[gid] = end
         self.closed[sk] = closed
         del self.pending[gid]
+        self.scored.pop(gid, None)
         self._schedule(sk, gid, None)
         return out
 

@@ -41,7 +41,7 @@ from streams.flink_lag import LagProbe
 OUT_TYPE = Types.ROW_NAMED(["k", "v"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 GROUPS = OutputTag("learn.groups", OUT_TYPE)
 DEADLETTER = OutputTag("deadletter", OUT_TYPE)
-STATES = ("book", "trades", "index", "pending", "agenda", "closed")
+STATES = ("book", "index", "tp_store", "pending", "scored", "agenda", "closed")
 _MS = 1_000_000
 
 
@@ -158,7 +158,7 @@ class SymbolProcess(KeyedProcessFunction):
         # engine decides what is due and what has expired (window over *and* grace_s of wall
         # time since the last candidate), so ticking every pending symbol on each timer is safe.
         for sk, _entry in engine.agenda.items():
-            tp = engine.tps.get(sk) or engine._persisted_tp(sk)  # (persisted: after a restart, as idle_due)
+            tp = engine.market_tp(sk)  # from keyed state after a restore, as idle_due
             idle = engine.clock.idle_now(sk, wall, caught_up=True) if tp and self._caught_up(tp) else None
             emits += engine.on_internal(tick_record(sk, idle or 0), topic="timer", wall_ns=wall)
         yield from self._emit(emits)

@@ -7,11 +7,12 @@ timer ticks on the same partition, in order, and its table keys stay local.
 
 Outputs: ``agent.outcomes`` and ``learn.groups`` (keyed by group_id) and ``deadletter``.
 
-Tables (changelog-backed, memory store): the market state is a *windowed* table, tumbling
-``BUCKET_S`` buckets of event time per ``exchange|symbol``; they expire in event time after
-``streams.market_window_s`` (Faust's own expiry runs on wall-clock time, which would drop a
-replayed capture at once, so the engine deletes them). Pending candidates, the agenda of due
-times and the closed-group memory are plain tables. See ``streams.engine`` for their shapes.
+Tables (changelog-backed, memory store): pending candidates and the closed-group memory. The
+agenda of due times is derived from the pending candidates, in memory. The market state (tumbling ``BUCKET_S`` buckets of event time per
+``exchange|symbol``, expired by the engine in event time after ``streams.market_window_s``) is
+not a table: it is a pure function of the recent market log, kept in memory and rebuilt from
+the log when a market partition is assigned (``streams.rebuild``), so a quote costs no
+changelog write. See ``streams.engine`` for the shapes.
 Each agent also keeps its input cursors in a table of its own (``streams.cursor``): the
 symbols agent's is co-partitioned with market data, the router's with ``agent.actions``.
 """
@@ -36,11 +37,7 @@ class Topology:
     internal: faust.TopicT
     symbol_inputs: faust.TopicT  # market + internal, consumed by one agent
     outputs: dict[str, faust.TopicT]  # by catalogue name, plus "internal"
-    book: faust.types.tables.WindowWrapperT
-    trades: faust.types.tables.WindowWrapperT
-    index: faust.TableT
     pending: faust.TableT
-    agenda: faust.TableT
     closed: faust.TableT
     cursors: faust.TableT  # symbols agent: "topic|partition" -> next offset (streams.cursor)
     action_cursors: faust.TableT  # route-actions agent: the same for agent.actions
@@ -66,9 +63,7 @@ def declare(app: faust.App, settings: Settings, partitions: int, action_partitio
 
     return Topology(
         market=market, actions=actions, internal=internal, symbol_inputs=symbol_inputs, outputs=outputs,
-        book=table("market-book").tumbling(BUCKET_S, expires=None),
-        trades=table("market-trades").tumbling(BUCKET_S, expires=None),
-        index=table("market-index"), pending=table("pending-candidates"), agenda=table("agenda"),
+        pending=table("pending-candidates"),
         closed=table("closed-groups"), cursors=table("input-cursors"),
         action_cursors=table("action-input-cursors", action_partitions),
     )
@@ -76,8 +71,7 @@ def declare(app: faust.App, settings: Settings, partitions: int, action_partitio
 
 def engine_for(topo: Topology, settings: Settings) -> SymbolEngine:
     return SymbolEngine(
-        settings.reward, settings.groups, book=topo.book.table, trades=topo.trades.table, index=topo.index,
-        pending=topo.pending, agenda=topo.agenda, closed=topo.closed, bucket_s=BUCKET_S,
+        settings.reward, settings.groups, pending=topo.pending, closed=topo.closed, bucket_s=BUCKET_S,
         market_window_s=settings.streams.market_window_s, idle_after_s=settings.streams.idle_tick_s,
         idle_close=settings.streams.idle_close,
     )

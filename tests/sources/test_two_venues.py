@@ -97,7 +97,7 @@ def test_binance_and_okx_btc_usdt_keep_their_own_windows_actions_and_outcomes(da
     context = ContextWindow()
     decided: list[list[Action]] = []
     engine = SymbolEngine(RewardConfig(latency_ms=0.0, fee_bps=0.0, slippage_model="none"),
-                          GroupConfig(group_size=3, grace_s=1.0), book={}, trades={}, index={}, pending={},
+                          GroupConfig(group_size=3, grace_s=1.0), book={}, index={}, pending={},
                           agenda={}, closed={})
     emits = []
 

@@ -14,7 +14,7 @@ S = 1_000_000_000
 
 
 def _engine(reward, groups, **kw):
-    return SymbolEngine(reward, groups, book={}, trades={}, index={}, pending={}, agenda={}, closed={}, **kw)
+    return SymbolEngine(reward, groups, pending={}, agenda={}, closed={}, **kw)
 
 
 def _run(engine, events, actions, first_offset: int = 0):
@@ -59,7 +59,7 @@ def test_replayed_input_after_restart_is_idempotent(shared_data):
     half = len(events) // 2
     first = _run(eng, events[:half], [a for a in actions if a.ts_event <= events[half].ts_event])
     # "restart": same tables, a fresh clock, and the last 2000 events and all actions delivered again
-    eng2 = SymbolEngine(reward, groups, book=eng.book, trades=eng.trades, index=eng.index, pending=eng.pending,
+    eng2 = SymbolEngine(reward, groups, book=eng.book, index=eng.index, pending=eng.pending,
                         agenda=eng.agenda, closed=eng.closed)
     second = _run(eng2, events[half - 2000:], actions, first_offset=half - 2000)
     groups_out = [decode(e.value).group_id for e in first + second if e.topic == "learn.groups"]
@@ -91,7 +91,7 @@ def test_a_replay_ending_in_quotes_of_one_millisecond_leaves_the_book_path_as_it
     eng = _engine(reward, groups)
     t_cut = events[cut - 1].ts_event
     first = _run(eng, events[:cut], [a for a in actions if a.ts_event < t_cut])
-    eng2 = SymbolEngine(reward, groups, book=eng.book, trades=eng.trades, index=eng.index, pending=eng.pending,
+    eng2 = SymbolEngine(reward, groups, book=eng.book, index=eng.index, pending=eng.pending,
                         agenda=eng.agenda, closed=eng.closed)
     second = _run(eng2, events[cut - 30:], [a for a in actions if a.ts_event >= t_cut], first_offset=cut - 30)
     _, want = expected(events, actions, reward, groups)
@@ -139,7 +139,7 @@ def test_a_candidate_first_after_a_restart_does_not_score_restored_ones_early(sh
     out = _run(eng, events[:k], [a for a in actions if a.ts_event <= t_cut])
     assert not any(e.topic == "agent.outcomes" for e in out) and eng.pending
     # restart (fresh clock); a later candidate is delivered before any market record
-    eng2 = SymbolEngine(reward, groups, book=eng.book, trades=eng.trades, index=eng.index, pending=eng.pending,
+    eng2 = SymbolEngine(reward, groups, book=eng.book, index=eng.index, pending=eng.pending,
                         agenda=eng.agenda, closed=eng.closed)
     later = next(a for a in actions if a.ts_event > actions[0].ts_event + 6 * S)
     (routed,) = eng2.route_action(encode(later), topic="agent.actions")
