@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "streams"), str(REPO / "tests" / "flink")]
 
 from daemon.eventlog.admin import ensure_topics  # noqa: E402
-from daemon.eventlog.connection import bootstrap_for  # noqa: E402
+from daemon.eventlog.connection import bootstrap_for, topic  # noqa: E402
 from schemas.settings import GroupConfig, KafkaSettings, Settings, StreamsSettings  # noqa: E402
 from streams.capture import read_capture  # noqa: E402
 from flink_harness import CommittedCollector, FlinkJob, flink_ready  # noqa: E402
@@ -93,7 +93,7 @@ def fresh_settings(bootstrap: str, tmp: Path, group_size: int) -> Settings:
 
 
 async def _collect(settings: Settings, group_ids: set[str], timeout: float, alive) -> list:
-    topics = {b: settings.kafka.topic_prefix + b for b in ("agent.outcomes", "learn.groups")}
+    topics = {b: topic(settings, b) for b in ("agent.outcomes", "learn.groups")}
     async with CommittedCollector(settings, topics) as c:
         ok = await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= group_ids, timeout, alive=alive)
         if not ok:

@@ -82,7 +82,7 @@ def noise(path: Path, groups: int, repeats: int) -> dict[str, dict[str, float]]:
     probe_state = with_variant(path, 0)
     rng = random.Random(1)
     fixed = [g for g in (signal_group(probe_state, i, rng) for i in range(4 * groups))
-             if max(g.advantages) - min(g.advantages) > 1e-12][:groups]
+             if g.has_signal][:groups]
     exact = [gradient(with_variant(path, 0), g) for g in fixed]
     out = {}
     for name, kw in VARIANTS.items():

@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from benchmarks.bench_kafka import bench_settings  # noqa: E402
 from daemon.eventlog.admin import ensure_topics  # noqa: E402
-from daemon.eventlog.connection import client_kwargs  # noqa: E402
+from daemon.eventlog.connection import client_kwargs, topic  # noqa: E402
 from streams.app import faust_app_id  # noqa: E402
 from schemas import Action, MarketActionSpec  # noqa: E402
 from schemas.settings import GroupConfig, Settings, StreamsSettings  # noqa: E402
@@ -53,14 +53,14 @@ from worker_harness import Collector, Worker, produce, write_config  # noqa: E40
 
 
 async def raw_rate(settings: Settings, total: int) -> float:
-    p = settings.kafka.topic_prefix
+    inputs = (topic(settings, "market.events"), topic(settings, "agent.actions"))
     # assigned, not subscribed: no consumer group to join (a join on a fresh broker once hung here
     # for minutes on "coordinator not available")
     c = AIOKafkaConsumer(auto_offset_reset="earliest", enable_auto_commit=False, **client_kwargs(settings))
     await c.start()
     n, t_first = 0, None
     try:
-        tps = await partitions(settings, lambda t: t in (f"{p}market.events", f"{p}agent.actions"))
+        tps = await partitions(settings, lambda t: t in inputs)
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         while n < total:

@@ -25,6 +25,7 @@ from daemon.context import ContextWindow, Market
 from daemon.policy import ResidentPolicy
 from learners.grammar import Invalid, format_market_prompt, parse_action
 from schemas import Action, MarketActionSpec, Prompt, deterministic_event_id
+from schemas.market import MarketFeatures
 from schemas.settings import ActorSettings, GroupConfig
 
 Emit = Callable[[str, object], Awaitable[None]]
@@ -36,7 +37,7 @@ class Decision:
     symbol: str
     exchange: str
     t0_ns: int
-    features: dict[str, float]
+    features: MarketFeatures
     quote: tuple
 
 
@@ -182,7 +183,7 @@ class Actor:
                                                         temperature=None, top_p=None)
         ids = self.run_key is not None
         ms = d.t0_ns // 1_000_000
-        prompt = Prompt(prompt_id=group_id, symbol=d.symbol, text=prompt_text, features=d.features,
+        prompt = Prompt(prompt_id=group_id, symbol=d.symbol, text=prompt_text, features=d.features.as_dict(),
                         policy_version=version, ts_event=d.t0_ns, key=group_id, source="actor",
                         **({"event_id": deterministic_event_id(ms, "prompt", group_id)} if ids else {}))
         await self.emit("agent.prompts", prompt)

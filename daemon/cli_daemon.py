@@ -250,10 +250,17 @@ def learner_bootstrap(path: Optional[Path] = typer.Option(None, help="where to w
                       steps: Optional[int] = typer.Option(None, help="pretraining steps")) -> None:
     """Create the initial snapshot (grammar pretraining) unless one exists."""
     from daemon import snapshots
-    from daemon.runtime import apply_torch_threads, learner_config
+    from daemon.cli_context import fail
+    from daemon.errors import ConfigError
+    from daemon.learner_settings import learner_config
+    from daemon.runtime import apply_torch_threads
     from learners.bootstrap import ensure_initial_snapshot
 
     s = _settings()
+    try:
+        config = learner_config(s)  # first: a bad learner option fails even where a snapshot exists
+    except ConfigError as e:
+        raise fail(str(e))
     apply_torch_threads(s)  # as the daemon does: OpenMP threads spinning on busy cores slow torch ~7x
     existing = snapshots.newest_snapshot(snapshots.snapshot_root(s.data_dir))
     if path is None and existing is not None:
@@ -263,7 +270,7 @@ def learner_bootstrap(path: Optional[Path] = typer.Option(None, help="where to w
     # the bar draws on a terminal; piped into a log, plain lines say the same every few seconds
     plain = None if sys.stderr.isatty() else (lambda fields: typer.echo(
         "bootstrap " + " ".join(f"{k}={v}" for k, v in fields.items()), err=True))
-    out = ensure_initial_snapshot(target, learner_config(s), steps=steps or s.learner.bootstrap_steps,
+    out = ensure_initial_snapshot(target, config, steps=steps or s.learner.bootstrap_steps,
                                   progress=plain is None, report=plain)
     typer.echo(f"initial snapshot: {out}")
 

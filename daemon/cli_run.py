@@ -32,6 +32,21 @@ def _eigenloop_argv() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "daemon.cli"]
 
 
+def check_learner_options(s) -> None:
+    """Raise ``ConfigError`` for a learner option ``LearnerConfig`` refuses, before anything
+    starts: else the daemon child finds it after the broker and the streams are up, and the
+    supervisor restarts it forever. The check runs in a short child process because it imports
+    torch (~0.5 GB resident), which this supervisor, alive for the whole run, never uses."""
+    import multiprocessing
+
+    from daemon.learner_settings import learner_config_problem
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        problem = pool.apply(learner_config_problem, (s,))
+    if problem:
+        raise ConfigError(problem)
+
+
 def _daemon_status(port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2) as r:
@@ -142,7 +157,8 @@ async def run_all(s, *, live: bool, replay_path: Path | None, speed: float | Non
                   streams_argv: list[str], loop: bool = False) -> None:
     """Start everything, print status lines until SIGTERM/SIGINT or ``duration``, stop everything.
     The signal handlers come first: a stop while the broker starts or the model bootstraps stops
-    what was started so far (before, those stages died with the signal and left the broker up)."""
+    what was started so far (without them, those stages would die with the signal and leave the
+    broker up)."""
     stop = asyncio.Event()
     event_loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -193,7 +209,7 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
     data_dir = started.data_dir
     bootstrap = s.kafka.bootstrap
     if not bootstrap:
-        # the data folder's broker is stopped at the end, as before, also when it was already up
+        # the data folder's broker is stopped at the end, also when it was already up
         # (a crashed earlier run's is indistinguishable from one started by `eigenloop kafka start`)
         started.broker = broker = asyncio.ensure_future(asyncio.to_thread(kafka_local.start, data_dir))
         bootstrap = (await until_stopped(asyncio.shield(broker), stop)).bootstrap
@@ -332,13 +348,14 @@ def register(app: typer.Typer) -> None:
         if span is not None and not span > 0:
             raise fail(f"--span must be > 0 seconds, got {span}")
         if speed is not None and not speed > 0:
-            # 0 used to fall back to the default 20x without a word
+            # refused, not taken for "unset": a speed someone typed must not quietly become the default
             raise fail(f"--speed must be > 0 (real-time emulation: 1 is real time; leave it out for the "
                        f"replay paced by the loop), got {speed}")
         if loop and (speed if speed is not None else s.replay.speed) is not None:
             raise fail("--loop needs the paced replay: leave out --speed (and replay.speed)")
         try:
             streams_argv = streams_command(s)  # before anything starts: a bad engine fails at once
+            check_learner_options(s)  # and so does a bad learner option
             asyncio.run(run_all(s, live=live, replay_path=replay, speed=speed,
                                 symbols=[x.strip() for x in symbols.split(",") if x.strip()], duration=duration,
                                 live_ack=i_understand_live_trading, sink=sink, status_every=status_every,

@@ -18,8 +18,9 @@ from itertools import islice, takewhile
 from dataclasses import dataclass, field
 
 from schemas import BookTicker, Event, MarketTrade, SocialEngagement, SocialPost
+from schemas.market import MarketFeatures
 
-RETURN_LAGS_S = (1, 10, 60)
+RETURN_LAGS_S = (1, 10, 60)  # MarketFeatures' ret_1s, ret_10s, ret_60s
 VOLUME_WINDOW_S = 10
 SOCIAL_WINDOW_S = 60
 MAX_POINTS = 20_000
@@ -101,7 +102,7 @@ class ContextWindow:
         w = self.markets.get((exchange, symbol))
         return w.quotes[-1] if w and w.quotes else None
 
-    def features(self, exchange: str, symbol: str, now_ns: int) -> dict[str, float] | None:
+    def features(self, exchange: str, symbol: str, now_ns: int) -> MarketFeatures | None:
         """The prompt's features at ``now_ns``; None until the market has a quote."""
         w = self.markets.get((exchange, symbol))
         if w is None or not w.quotes:
@@ -125,4 +126,4 @@ class ContextWindow:
         if self.social:
             out["social_posts"] = float(sum(1 for k in recent if k == "post"))
             out["social_likes"] = float(sum(1 for k in recent if k == "like"))
-        return out
+        return MarketFeatures(**out)

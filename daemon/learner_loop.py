@@ -14,9 +14,10 @@ Backpressure: at most ``max_pending_groups`` groups wait; past that, ``skip`` or
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -150,13 +151,9 @@ class LearnerLoop:
             lambda st: {b: block_checksum(st.model, b) for b in range(len(st.model.blocks))})
 
     def checksum(self) -> str:
-        """The model checksum (``model_checksum``) from the tracked per-block checksums."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for b in sorted(self.block_checksums):
-            h.update(self.block_checksums[b].encode())
-        return h.hexdigest()
+        """The model checksum (``model_checksum``) from the tracked per-block checksums, without
+        reading the weights."""
+        return combined_checksum(self.block_checksums)
 
     def lag(self) -> int | None:
         """Groups in the log not yet applied (None before the first fetch)."""
@@ -235,7 +232,7 @@ class LearnerLoop:
         for u in updates:
             self.block_checksums[u.block] = u.checksum
             if len(batch) > 1:
-                u = u.model_copy(update={"coalesced": len(batch)})
+                u = u.model_copy(update={"coalesced": len(batch), "group_ids": [g.group_id for g in batch]})
             await self.send("learn.updates", u)
             metrics.UPDATES.labels(str(u.block)).inc()
         if updates:
@@ -313,13 +310,14 @@ class LearnerLoop:
         return path
 
 
-def model_checksum(state) -> str:
-    """sha256 over the per-block checksums: one value for the whole model."""
-    import hashlib
-
-    from learners.core import block_checksum
-
+def combined_checksum(block_checksums: Mapping[int, str]) -> str:
+    """sha256 over the per-block checksums in block order: one value for the whole model."""
     h = hashlib.sha256()
-    for b in range(len(state.model.blocks)):
-        h.update(block_checksum(state.model, b).encode())
+    for b in sorted(block_checksums):
+        h.update(block_checksums[b].encode())
     return h.hexdigest()
+
+
+def model_checksum(state) -> str:
+    """The model checksum of a learner state, read from its weights."""
+    return combined_checksum({b: block_checksum(state.model, b) for b in range(len(state.model.blocks))})

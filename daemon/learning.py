@@ -1,15 +1,16 @@
-"""Pure helpers of the learner loop: coalescing groups under backpressure, reward averages."""
+"""Pure helpers of the learner loop and its replay: coalescing groups under backpressure (and
+rebuilding the batches from the recorded updates), reward averages, dedupe."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
 
-from learners.core import has_signal
-from schemas import GRPOGroup
+from schemas import BlockUpdate, GRPOGroup
+from schemas.learn import BATCH_ID_SEP
 
-COALESCE_SEP = "+"
 RECENT_GROUPS = 10_000  # group ids remembered for dedupe; re-emissions come right after a restart
+P = TypeVar("P")  # where a group was read (a log position)
 
 
 def coalesce(groups: Sequence[GRPOGroup]) -> GRPOGroup:
@@ -18,14 +19,14 @@ def coalesce(groups: Sequence[GRPOGroup]) -> GRPOGroup:
     Each group's advantages were already normalised within that group, so concatenating keeps
     their scale; wd1's softmax weights then span the union, which damps each group's pull
     compared with separate steps. That is the price of keeping up, and why ``BlockUpdate``
-    records how many groups went into it. The id lists every member, so replay can coalesce
-    the same groups the same way.
+    records which groups went into it (``group_ids``), so replay can coalesce the same groups
+    the same way.
     """
     if len(groups) == 1:
         return groups[0]
     first = groups[0]
     return first.model_copy(update={
-        "group_id": COALESCE_SEP.join(g.group_id for g in groups),
+        "group_id": BATCH_ID_SEP.join(g.group_id for g in groups),
         "completions": [c for g in groups for c in g.completions],
         "candidate_indices": [i for g in groups for i in g.candidate_indices],
         "rewards": [r for g in groups for r in g.rewards],
@@ -74,28 +75,38 @@ class Ewma:
         return self.value
 
 
-def replay_plan(groups: Sequence[GRPOGroup], applied_ids: Sequence[str] | None) -> list[list[GRPOGroup]]:
-    """What the live learner applied, rebuilt from the log: the groups in log order, batched
-    the way the recorded updates say (``a+b`` ids are coalesced batches), leaving out groups the
-    live learner dropped under backpressure. With no recorded updates, every group in order.
+def recorded_batches(updates: Iterable[BlockUpdate]) -> dict[str, list[str]]:
+    """The coalesced batches recorded updates name: first member's id -> every member's id."""
+    return {u.group_ids[0]: list(u.group_ids) for u in updates if len(u.group_ids) > 1}
 
-    Groups without signal stay in: the learner's step counts them and changes nothing, as live.
+
+def as_applied(groups: Iterable[tuple[P, GRPOGroup]],
+               batches: Mapping[str, Sequence[str]]) -> Iterator[tuple[P, list[GRPOGroup]]]:
+    """The groups in log order as the live learner applied them, each with where it was read:
+    one by one, except the members of a coalesced batch (``recorded_batches``), which come
+    together, at the first member's position. The learner coalesces neighbours only, so a batch
+    ends at the first group outside it; one whose members are not all in range comes with the
+    members that are.
     """
-    if applied_ids is None:
-        return [[g] for g in groups]
-    by_id = {g.group_id: g for g in groups}
-    batches = {gid.split(COALESCE_SEP)[0]: gid.split(COALESCE_SEP) for gid in applied_ids}
-    members = {m for ms in batches.values() for m in ms}
-    plan: list[list[GRPOGroup]] = []
-    for g in groups:
-        if g.group_id in batches:
-            plan.append([by_id[m] for m in batches[g.group_id] if m in by_id])
-        elif g.group_id in members:
-            continue  # a later member of a coalesced batch, applied with its first member
-        elif not has_signal(g):
-            plan.append([g])
-        # else: a group with signal that no update mentions was dropped under backpressure
-    return plan
+    held: list[GRPOGroup] = []
+    held_pos: P | None = None
+    want: Sequence[str] = ()
+    for pos, g in groups:
+        if held and g.group_id not in want:
+            yield held_pos, held  # type: ignore[misc]
+            held = []
+        if not held and g.group_id in batches:
+            held_pos, want, held = pos, batches[g.group_id], [g]
+        elif held:
+            held.append(g)
+        else:
+            yield pos, [g]
+            continue
+        if len(held) == len(want):
+            yield held_pos, held  # type: ignore[misc]
+            held = []
+    if held:
+        yield held_pos, held  # type: ignore[misc]
 
 
 class RecentIds:

@@ -21,6 +21,7 @@ from daemon.executors import KillSwitch, PaperExecutor, kill_switch_path
 from daemon.heartbeat import LoopHeartbeat, liveness, model_loaded
 from daemon.http import HttpServer, resolve_admin_token
 from daemon.learner_loop import LearnerLoop
+from daemon.learner_settings import learner_config
 from daemon.live_executor import LiveExecutor, LiveVenue
 from daemon.logging import get_logger, register_secret
 from daemon.pace import PaceLink
@@ -34,20 +35,6 @@ from schemas.settings import ExchangeSettings, Settings
 
 log = get_logger("daemon")
 SETTLE_PATIENCE_S = 60.0  # how long a paced decision waits for the groups due before it
-
-
-def learner_config(settings: Settings):
-    """The learner's config: the preset, ``learner.config`` on top, then ``learner.device``."""
-    from learners.core import LearnerConfig
-    from learners.presets import preset_kwargs
-
-    preset = settings.learner.preset
-    if preset == "auto" and settings.learner.device == "cpu":
-        preset = "cpu"  # a CPU-pinned daemon never takes the gpu preset, CUDA present or not
-    cfg = preset_kwargs(preset, dict(settings.learner.config))
-    if settings.learner.device != "auto":
-        cfg["device"] = settings.learner.device
-    return LearnerConfig(**cfg)
 
 
 def apply_torch_threads(settings: Settings) -> None:
@@ -113,6 +100,7 @@ class Daemon:
 
     async def start(self) -> None:
         s = self.s
+        learner_config(s)  # a bad learner option fails here, not after the model has loaded
         # first: an unreadable admin_token_file should fail the start before minutes of model loading
         token = resolve_admin_token(s, generate=True)
         register_secret(token)

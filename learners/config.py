@@ -13,6 +13,7 @@ import torch
 
 from learners.grpo import LOSSES
 from learners.model import ModelConfig
+from learners.selection import BLOCK_SELECTIONS
 
 
 # The defaults are the cpu preset (``learners.presets``): what ``eigenloop run`` uses on a CPU and
@@ -95,7 +96,8 @@ class LearnerConfig:
         mc_draws (`int`, default 2): K mask draws (stratified t) per block per group ("elbo").
         inner_steps (`int`, default 1): optimiser steps per group, reusing the same masks.
         clip_eps (`float`, default 0.2), beta (`float`, default 0.0): "clipped" only.
-        block_selection (`Literal["all", "round_robin", "topk_loss"]`, default "all"):
+        block_selection (`Literal["all", "round_robin", "topk_loss"]`, default "all"), the rules in
+            ``learners.selection``:
             - "all": every block learns from every group (exact wd1 gradient for the whole model).
             - "round_robin": ``blocks_per_group`` blocks in turn; cheaper, staler.
             - "topk_loss": the ``blocks_per_group`` blocks with the largest recent |loss| (EMA);
@@ -156,8 +158,9 @@ class LearnerConfig:
         B = self.model.n_blocks
         if self.loss_type not in LOSSES:
             raise ValueError(f"loss_type={self.loss_type!r} is unknown; use one of {sorted(LOSSES)}")
-        if self.block_selection not in ("all", "round_robin", "topk_loss"):
-            raise ValueError(f"block_selection={self.block_selection!r}; use 'all', 'round_robin' or 'topk_loss'")
+        if self.block_selection not in BLOCK_SELECTIONS:
+            raise ValueError(f"block_selection={self.block_selection!r} is unknown; "
+                             f"use one of {sorted(BLOCK_SELECTIONS)}")
         if self.sample_steps % B:
             raise ValueError(f"sample_steps={self.sample_steps} is not a multiple of n_blocks={B}; "
                              f"use {B * max(1, round(self.sample_steps / B))} so steps align with blocks")

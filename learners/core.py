@@ -22,6 +22,7 @@ from learners.grammar import is_market_prompt, mirror_market_completion, mirror_
 from learners.grpo import LOSSES, all_block_terms, encode_group
 from learners.model import BlockDiffusionLM
 from learners.objective import make_optimizers
+from learners.selection import select_blocks
 from learners.tokenizer import ByteTokenizer
 from learners.trajectory import trajectory_block_terms
 from schemas import BlockUpdate, GRPOGroup, deterministic_event_id
@@ -91,22 +92,8 @@ def block_checksum(model: BlockDiffusionLM, b: int) -> str:
     return h.hexdigest()
 
 
-def select_blocks(state: LearnerState) -> list[int]:
-    cfg, B = state.config, state.config.model.n_blocks
-    if cfg.block_selection == "all":
-        return list(range(B))
-    k = cfg.blocks_per_group
-    if cfg.block_selection == "round_robin":
-        chosen = [(state.rr_cursor + i) % B for i in range(k)]
-        state.rr_cursor = (state.rr_cursor + k) % B
-        return sorted(chosen)
-    key = [(-(float("inf") if e is None else e), b) for b, e in enumerate(state.loss_ema)]
-    return sorted(b for _, b in sorted(key)[:k])
-
-
 def has_signal(group: GRPOGroup) -> bool:
-    adv = group.advantages
-    return group.status != "skipped" and len(adv) >= 2 and max(adv) - min(adv) > 1e-12
+    return group.has_signal  # the streams skip by the same test, so both sides agree on every group
 
 
 def regulariser_only(config: LearnerConfig, group: GRPOGroup) -> bool:
@@ -174,9 +161,8 @@ def block_terms_for(state: LearnerState, blocks: list[int], rows: LearningRows, 
                                        (tok.pad_token_id, tok.bos_token_id), tok.eos_token_id, ref,
                                        want_entropy=cfg.entropy_coef > 0, forced_p=forced, allowed=rows.allowed)
         return terms, None
-    terms = all_block_terms(state.model, blocks, rows.x0, rows.eligible, cfg.mc_draws, state.generator, use_ref,
-                            want_entropy=cfg.entropy_coef > 0, batched=batched)
-    return terms, terms.pop("_finish", None)
+    return all_block_terms(state.model, blocks, rows.x0, rows.eligible, cfg.mc_draws, state.generator, use_ref,
+                           want_entropy=cfg.entropy_coef > 0, batched=batched)
 
 
 def block_loss(cfg: LearnerConfig, terms: dict, adv: torch.Tensor, halves: int,
@@ -205,79 +191,95 @@ def step(state: LearnerState, group: GRPOGroup) -> tuple[LearnerState, list[Bloc
     would be had the group never come), counts in ``state.refused_steps`` and says why in
     ``state.last_refusal``. Replaying the same groups refuses the same step.
     """
+    cfg, model = state.config, state.model
     state.last_refusal = None
     undo = _Undo.take(state)
+
+    # check the advantages on what the loss will see: groups built in code skip the schema's
+    # checks, and a float64 past float32's range is finite in the record but inf here
     adv = torch.tensor(group.advantages, dtype=torch.float32, device=state.device)
-    # groups built in code skip the schema's checks, and a float64 past float32's range is finite
-    # in the record but inf here: both are checked on what the loss will actually see
     if len(group.advantages) != len(group.completions):
         return _refuse(state, undo, [], f"{len(group.advantages)} advantages for {len(group.completions)} completions")
     if not bool(torch.isfinite(adv).all()):
         return _refuse(state, undo, [], "advantages are not finite as float32")
+
+    # a group without signal teaches nothing, unless the regulariser alone must still step
     if not has_signal(group):
         state.skipped_groups += 1
-        if not regulariser_only(state.config, group):
+        if not regulariser_only(cfg, group):
             return state, []
         group = group.model_copy(update={"advantages": [0.0] * len(group.completions)})
         adv = torch.zeros_like(adv)
-    cfg, model = state.config, state.model
+
+    # the blocks that learn, and the rows they learn from: the group's own and its mirror image's,
+    # one batch, one loss per half, one optimiser step
     blocks = select_blocks(state)
-    # the group's rows, and its mirror image's: one batch, one loss per half, one optimiser step
     rows = learning_rows(state, group)
     use_ref = state.ref_model if (cfg.beta > 0 or cfg.kl_bootstrap_coef > 0) else None
+    batched = len(blocks) > 1 and (cfg.batch_blocks == "vmap"
+                                   or (cfg.batch_blocks == "auto" and state.device.type == "cuda"))
     before = {b: [p.detach().clone() for p in model.blocks[b].parameters()] for b in blocks}
     mask_state = state.generator.get_state()
     old_share: dict[int, torch.Tensor] = {}
-    losses: dict[int, torch.Tensor] = {}
-    grad_norms: dict[int, float] = {}
-    batched = cfg.batch_blocks == "vmap" or (cfg.batch_blocks == "auto" and state.device.type == "cuda")
-    batched = batched and len(blocks) > 1
     for it in range(cfg.inner_steps):
-        state.generator.set_state(mask_state)  # the same masks every inner step (d1)
+        # forward: every inner step redraws the first one's masks (d1), so the loss it moves is
+        # the one the old shares were measured on
+        state.generator.set_state(mask_state)
         for b in blocks:
             state.optimizers[b].zero_grad(set_to_none=True)
-        all_terms, finish = block_terms_for(state, blocks, rows, use_ref, batched)
-        for b in blocks:
-            terms = all_terms[b]
-            if it == 0:
-                old_share[b] = terms["share"].detach()
-            losses[b] = block_loss(cfg, terms, adv, rows.halves, old_share[b])
-        torch.stack([losses[b] for b in blocks]).sum().backward()  # no parameter is shared
+        terms, finish = block_terms_for(state, blocks, rows, use_ref, batched)
+        if it == 0:
+            old_share = {b: terms[b]["share"].detach() for b in blocks}
+        losses = {b: block_loss(cfg, terms[b], adv, rows.halves, old_share[b]) for b in blocks}
+
+        # backward: one pass for all blocks; no parameter is shared, so each block's gradient is
+        # its own loss's alone
+        torch.stack([losses[b] for b in blocks]).sum().backward()
         if finish is not None:
-            finish()
-        for b in blocks:
-            params = list(model.blocks[b].parameters())
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norms[b] = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        # every block is checked before any steps: one non-finite block refuses the whole group
+            finish()  # vmapped blocks: copy the stacked gradients into each block's .grad
+
+        # clip each block's gradient on its own (wd1's negative term is unbounded)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norms = {b: float(torch.nn.utils.clip_grad_norm_(list(model.blocks[b].parameters()), max_norm))
+                      for b in blocks}
+
+        # check every block before any steps: one non-finite block refuses the whole group
         bad = [b for b in blocks if not (math.isfinite(float(losses[b].detach())) and math.isfinite(grad_norms[b]))]
         if bad:
             detail = ", ".join(f"block {b}: loss {float(losses[b].detach())}, grad norm {grad_norms[b]}" for b in bad)
             return _refuse(state, undo, blocks, f"non-finite step ({detail})")
+
+        # step; a later inner step may still be refused, so keep what it would have to put back
         if it + 1 < cfg.inner_steps:
-            undo.keep(state, before)  # a later inner step may still be refused
+            undo.keep(state, before)
         for b in blocks:
             state.optimizers[b].step()
+
+    # count the step and report each block's update
     state.policy_version += 1
     state.step += 1
-    updates = []
-    for b in blocks:
-        state.block_steps[b] += 1
-        lv = float(losses[b].detach())
-        prev = state.loss_ema[b]
-        state.loss_ema[b] = abs(lv) if prev is None else 0.9 * prev + 0.1 * abs(lv)
-        params = list(model.blocks[b].parameters())
-        upd = torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(params, before[b]))).item()
-        pnorm = torch.sqrt(sum((p.detach() ** 2).sum() for p in params)).item()
-        updates.append(BlockUpdate(
-            event_id=deterministic_event_id(group.ts_event // 1_000_000, group.group_id, b, state.policy_version),
-            ts_event=group.ts_event, source="learner", key=str(b),
-            block=b, step=state.block_steps[b], group_id=group.group_id, loss=lv, grad_norm=grad_norms[b],
-            checksum=block_checksum(model, b), policy_version=state.policy_version,
-            update_norm=upd, param_norm=pnorm, lr=float(state.optimizers[b].param_groups[0]["lr"]),
-            mirrored=rows.halves == 2, likelihood=cfg.likelihood,
-        ))
-    return state, updates
+    return state, [_block_update(state, group, b, float(losses[b].detach()), grad_norms[b], before[b], rows.halves)
+                   for b in blocks]
+
+
+def _block_update(state: LearnerState, group: GRPOGroup, b: int, loss: float, grad_norm: float,
+                  before: list[torch.Tensor], halves: int) -> BlockUpdate:
+    """Block b's record of the step just taken; also moves its step count and loss EMA (which
+    ``topk_loss`` ranks by)."""
+    state.block_steps[b] += 1
+    prev = state.loss_ema[b]
+    state.loss_ema[b] = abs(loss) if prev is None else 0.9 * prev + 0.1 * abs(loss)
+    params = list(state.model.blocks[b].parameters())
+    upd = torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(params, before))).item()
+    pnorm = torch.sqrt(sum((p.detach() ** 2).sum() for p in params)).item()
+    return BlockUpdate(
+        event_id=deterministic_event_id(group.ts_event // 1_000_000, group.group_id, b, state.policy_version),
+        ts_event=group.ts_event, source="learner", key=str(b),
+        block=b, step=state.block_steps[b], group_id=group.group_id, loss=loss, grad_norm=grad_norm,
+        checksum=block_checksum(state.model, b), policy_version=state.policy_version,
+        update_norm=upd, param_norm=pnorm, lr=float(state.optimizers[b].param_groups[0]["lr"]),
+        mirrored=halves == 2, likelihood=state.config.likelihood,
+    )
 
 
 @dataclass

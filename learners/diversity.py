@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Hashable, Iterable, Sequence
 
 from learners.grammar import HORIZONS, SIZES, format_market_prompt, parse_action, random_market_features
+from schemas.learn import rewards_have_signal
 
 ActionKey = tuple
-ZERO_SPREAD_EPS = 1e-9  # rewards closer than this carry no GRPO signal (cf. learners.core.has_signal)
 
 
 def _nearest(value: float, grid: Sequence[float], log: bool = False) -> float:
@@ -79,8 +79,9 @@ def reward_spread(rewards: Sequence[float]) -> float:
 
 
 def no_signal(rewards: Sequence[float]) -> bool:
-    """A group GRPO cannot learn from: fewer than two rewards, or all equal."""
-    return len(rewards) < 2 or reward_spread(rewards) <= ZERO_SPREAD_EPS
+    """A group GRPO cannot learn from: fewer than two rewards, or all equal (the streams' and
+    the learner's test, so the guard counts the groups the learner skipped)."""
+    return not rewards_have_signal(rewards)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Mapping
 
 from schemas import MarketActionSpec, SocialActionSpec
+from schemas.market import MarketFeatures
 
 PROMPT_END = ">"
 SIZES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
@@ -83,9 +84,11 @@ def _format_value(short: str, v: float) -> str:
     return _compact(v)
 
 
-def format_market_prompt(symbol: str, features: dict[str, float]) -> str:
-    """``M <symbol> k=v ...>``; unknown features first (sorted), then the known ones in ``_ORDER``."""
-    items = {_short_name(k): _format_value(_short_name(k), float(v)) for k, v in features.items()}
+def format_market_prompt(symbol: str, features: MarketFeatures | Mapping[str, float]) -> str:
+    """``M <symbol> k=v ...>``; unknown features first (sorted), then the known ones in ``_ORDER``.
+    A mapping may carry features ``MarketFeatures`` does not have (experiments, tests)."""
+    named = features.as_dict() if isinstance(features, MarketFeatures) else features
+    items = {_short_name(k): _format_value(_short_name(k), float(v)) for k, v in named.items()}
     keys = sorted(k for k in items if k not in _ORDER) + [k for k in _ORDER if k in items]
     return " ".join(["M", symbol, *(f"{k}={items[k]}" for k in keys)]) + PROMPT_END
 
@@ -218,12 +221,12 @@ def parse_action(text: str, task: Literal["market", "social"] = "market",
 
 # -- grammar-generated examples (bootstrap pretraining data) ------------------------------------
 
-def random_market_features(rng: random.Random) -> dict[str, float]:
-    return {
-        "ret_1s": rng.gauss(0, 3), "ret_10s": rng.gauss(0, 10), "ret_60s": rng.gauss(0, 25),
-        "spread_bps": abs(rng.gauss(1, 1)), "imbalance": rng.uniform(-1, 1),
-        "volume": 10 ** rng.uniform(-1, 5), "social_posts": rng.randint(0, 20),
-    }
+def random_market_features(rng: random.Random) -> MarketFeatures:
+    return MarketFeatures(
+        ret_1s=rng.gauss(0, 3), ret_10s=rng.gauss(0, 10), ret_60s=rng.gauss(0, 25),
+        spread_bps=abs(rng.gauss(1, 1)), imbalance=rng.uniform(-1, 1),
+        volume=10 ** rng.uniform(-1, 5), social_posts=float(rng.randint(0, 20)),
+    )
 
 
 # -- the trading prior: what a fresh model is bootstrapped on before any reward exists ------------
@@ -232,13 +235,13 @@ PRIOR_ACTIONS = ("long 1 h5", "short 1 h5", "flat 0 h5")
 PRIOR_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BTCUSD", "ETHUSD")
 
 
-def market_scale_features(rng: random.Random) -> dict[str, float]:
+def market_scale_features(rng: random.Random) -> MarketFeatures:
     """Features at the recorded markets' scale (bps returns, sub-bps spreads), uniform imbalance."""
-    return {
-        "ret_1s": rng.gauss(0, 1), "ret_10s": rng.gauss(0, 3), "ret_60s": rng.gauss(0, 8),
-        "spread_bps": math.exp(rng.uniform(math.log(0.01), math.log(0.2))),
-        "imbalance": rng.uniform(-1, 1), "volume": 10 ** rng.uniform(3, 7),
-    }
+    return MarketFeatures(
+        ret_1s=rng.gauss(0, 1), ret_10s=rng.gauss(0, 3), ret_60s=rng.gauss(0, 8),
+        spread_bps=math.exp(rng.uniform(math.log(0.01), math.log(0.2))),
+        imbalance=rng.uniform(-1, 1), volume=10 ** rng.uniform(3, 7),
+    )
 
 
 def prior_pairs(actions: tuple[str, ...] | list[str] = PRIOR_ACTIONS):

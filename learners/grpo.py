@@ -88,7 +88,8 @@ def _terms(x0, lo, hi, draws, logits, ref_logits, want_entropy: bool) -> dict:
 def block_terms(model: BlockDiffusionLM, b: int, x0, eligible, n_draws: int, generator: torch.Generator,
                 ref_model: BlockDiffusionLM | None = None, want_entropy: bool = False) -> dict:
     """l^_b per completion (G,), with the reference's l^_b, entropy and KL on the same masks."""
-    return all_block_terms(model, [b], x0, eligible, n_draws, generator, ref_model, want_entropy, batched=False)[b]
+    terms, _ = all_block_terms(model, [b], x0, eligible, n_draws, generator, ref_model, want_entropy, batched=False)
+    return terms[b]
 
 
 def _vmapped(modules, xs, ts):
@@ -103,11 +104,12 @@ def _vmapped(modules, xs, ts):
 def all_block_terms(model: BlockDiffusionLM, blocks: list[int], x0, eligible, n_draws: int,
                     generator: torch.Generator, ref_model: BlockDiffusionLM | None = None,
                     want_entropy: bool = False, batched: bool = False):
-    """{block: terms} for every listed block; random draws happen in the same order either way.
+    """``({block: terms}, finish)`` for every listed block; random draws happen in the same order
+    either way.
 
-    ``batched`` stacks the blocks (torch.func) and runs all blocks x K draws as one forward; the
-    returned dict then has a "_finish" callable that must run after backward to copy the stacked
-    gradients into each block's ``.grad``.
+    ``batched`` stacks the blocks (torch.func) and runs all blocks x K draws as one forward. The
+    gradients then land on the stacked copies, not on the blocks, so ``finish`` must run after
+    backward to copy them into each block's ``.grad``; unbatched, ``finish`` is None.
     """
     drawn = {b: _draw(model, b, x0, eligible, n_draws, generator) for b in blocks}
     out = {}
@@ -121,7 +123,7 @@ def all_block_terms(model: BlockDiffusionLM, blocks: list[int], x0, eligible, n_
                     with torch.no_grad():
                         refs = [ref_model.blocks[b](xt, t) for t, xt, _ in draws]
             out[b] = _terms(x0, lo, hi, draws, logits, refs, want_entropy)
-        return out
+        return out, None
     G = x0.size(0)
     xs = torch.stack([torch.cat([xt for _, xt, _ in drawn[b][2]]) for b in blocks])  # (nb, K*G, T)
     ts = torch.stack([torch.cat([t for t, _, _ in drawn[b][2]]) for b in blocks])  # (nb, K*G)
@@ -143,8 +145,7 @@ def all_block_terms(model: BlockDiffusionLM, blocks: list[int], x0, eligible, n_
             for name, p in m.named_parameters():
                 g = params[name].grad
                 p.grad = None if g is None else g[i].clone()
-    out["_finish"] = finish
-    return out
+    return out, finish
 
 
 def wd1_weights(adv: torch.Tensor) -> torch.Tensor:

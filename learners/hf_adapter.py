@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from learners.grpo import encode_group, wd1_loss
 from learners.objective import mask_tokens, sample_t
 from learners.sampler import prompt_ids, sample_ids
+from schemas.learn import rewards_have_signal
 
 _LAYER_PATHS = ("model.layers", "model.transformer.blocks", "transformer.blocks", "transformer.h", "layers")
 _NORM_PATHS = ("model.norm", "model.transformer.ln_f", "transformer.ln_f", "norm")
@@ -133,9 +134,10 @@ class DiffusionLMAdapter:
 
     def grpo_step(self, prompt: str, completions: list[str], advantages: list[float], gen_len: int) -> list[dict]:
         """One wd1 update of every block/group from one closed group; returns per-block stats."""
-        adv = torch.tensor(advantages, dtype=torch.float32)
-        if adv.max() - adv.min() <= 1e-12:
+        # advantages are the group's rewards shifted and scaled: they have spread when the rewards do
+        if not rewards_have_signal(advantages):
             return []
+        adv = torch.tensor(advantages, dtype=torch.float32)
         device = next(self.model.parameters()).device
         x0, elig = encode_group(self.tok, prompt, completions, gen_len, device)
         adv = adv.to(device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import torch
 
@@ -94,7 +95,7 @@ def probe_prompts(imbalance: float, n: int = PROBE_STATES, seed: int = PROBE_SEE
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        features = {**market_scale_features(rng), "imbalance": imbalance}
+        features = replace(market_scale_features(rng), imbalance=imbalance)
         out.append(format_market_prompt(PRIOR_SYMBOLS[i % len(PRIOR_SYMBOLS)], features))
     return out
 

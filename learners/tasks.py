@@ -22,7 +22,7 @@ from schemas import GRPOGroup
 def prompt(rng: random.Random) -> tuple[str, float]:
     """A market prompt at the recorded scale (the bootstrap prior's distribution) and its imbalance."""
     f = market_scale_features(rng)
-    return format_market_prompt(rng.choice(PRIOR_SYMBOLS), f), f["imbalance"]
+    return format_market_prompt(rng.choice(PRIOR_SYMBOLS), f), f.imbalance
 
 
 def winner(rule: str, imbalance: float, rng: random.Random, p_right: float = 0.56) -> str:

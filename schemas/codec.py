@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from schemas.agent import Action, Outcome, Prompt
 from schemas.base import Event
 from schemas.deadletter import DeadLetter
-from schemas.learn import BlockUpdate, GRPOGroup, GuardAction, SnapshotMarker
+from schemas.learn import BATCH_ID_SEP, BlockUpdate, GRPOGroup, GuardAction, SnapshotMarker
 from schemas.market import BookTicker, DepthUpdate, MarketTrade, MarketWatermark, StreamGap
 from schemas.social import SocialEngagement, SocialPost
 
@@ -39,9 +39,17 @@ def _market_trade_v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _block_update_v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    # v1 named a coalesced batch only by its joined id; v2 lists the members
+    d = dict(d)
+    d["group_ids"] = str(d["group_id"]).split(BATCH_ID_SEP)
+    return d
+
+
 # (type, version it reads) -> function producing the next version's dict
 UPGRADERS: dict[tuple[str, int], Upgrader] = {
     (MarketTrade.TYPE, 1): _market_trade_v1_to_v2,
+    (BlockUpdate.TYPE, 1): _block_update_v1_to_v2,
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import Field, model_validator
 
@@ -13,6 +13,27 @@ from schemas.base import Event
 # ``GRPOGroup.skip_reason`` of a complete group whose rewards have no spread: it carries no reward
 # signal, but the learner's regulariser still applies to it (``learners.core.step``)
 NO_SIGNAL = "no signal"
+
+# Rewards whose sample std is at most this carry no signal. It is TRL GRPOTrainer's test
+# (``torch.isclose(std, 0)``: atol 1e-8, and rtol does nothing against zero), so the groups
+# skipped here are the ones TRL counts in ``frac_reward_zero_std``; far below any reward's
+# resolution (basis points, engagement counts), far above float64 noise around a constant.
+SIGNAL_STD_ATOL = 1e-8
+
+
+def rewards_have_signal(rewards: Sequence[float]) -> bool:
+    """True when the rewards differ enough to learn from: two or more, with a Bessel-corrected
+    std (TRL's ``nanstd``) above ``SIGNAL_STD_ATOL``.
+
+    >>> rewards_have_signal([1.0, 0.0]), rewards_have_signal([1.5, 1.5]), rewards_have_signal([1.0])
+    (True, False, False)
+    """
+    n = len(rewards)
+    if n < 2:
+        return False  # TRL's std of one value is NaN: no spread to learn from
+    mean = sum(rewards) / n
+    return math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1)) > SIGNAL_STD_ATOL
+
 
 # Bounds on one group, so a single record cannot stall or exhaust the learner: its step costs
 # about candidates x (prompt + gen_len)^2 per block. Real records are far inside them: a market
@@ -72,15 +93,34 @@ class GRPOGroup(Event):
                     raise ValueError(f"{name}[{i}]: {v} is not finite")
         return self
 
+    @property
+    def has_signal(self) -> bool:
+        """Whether the learner's reward term has anything to learn from: the group is not
+        skipped and its rewards have spread (``rewards_have_signal``)."""
+        return self.status != "skipped" and rewards_have_signal(self.rewards)
+
+
+# A batch of groups the learner coalesced is applied as one group whose id is its members' ids
+# joined with this; group ids are UUIDs, which never hold it
+BATCH_ID_SEP = "+"
+
 
 class BlockUpdate(Event):
-    """One block's weight change. ``checksum`` is of that block's parameters after the step."""
+    """One block's weight change. ``checksum`` is of that block's parameters after the step.
+
+    ``group_id`` names what the step applied (the event id derives from it); ``group_ids`` lists
+    the closed groups it learned from, in the order they were concatenated: one, or every
+    member of a batch the learner coalesced under backpressure, so replay can rebuild the batch.
+    Left empty by a writer, it is the one group ``group_id`` names.
+    """
 
     TYPE = "learn.update"
+    VERSION = 2
 
     block: int = Field(ge=0)
     step: int = Field(ge=0)
     group_id: str
+    group_ids: list[str] = []
     loss: float
     grad_norm: float
     checksum: str
@@ -93,6 +133,12 @@ class BlockUpdate(Event):
     mirrored: bool = False
     # what stood in for log pi(o|q): "trajectory" (exact) or "elbo"
     likelihood: str = "elbo"
+
+    @model_validator(mode="after")
+    def _one_group_by_default(self) -> "BlockUpdate":
+        if not self.group_ids:
+            self.group_ids = [self.group_id]
+        return self
 
 
 class SnapshotMarker(Event):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -89,3 +90,28 @@ class MarketWatermark(Event):
     exchange: str
     symbol: str
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class MarketFeatures:
+    """What a market prompt shows of one market at one instant: returns over the last 1, 10 and
+    60 s and the spread in bps, top-of-book imbalance in [-1, 1], quote notional traded recently,
+    and social activity when a social stream feeds the context (None: not measured).
+
+    One record for all who make or read one: the context measures it, the grammar writes it into
+    the prompt, the bootstrap prior and the benchmark tasks draw synthetic ones. Not an event:
+    ``Prompt.features`` carries ``as_dict()`` on the wire.
+    """
+
+    ret_1s: float = 0.0
+    ret_10s: float = 0.0
+    ret_60s: float = 0.0
+    spread_bps: float = 0.0
+    imbalance: float = 0.0
+    volume: float = 0.0
+    social_posts: float | None = None
+    social_likes: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        """Named values, the unmeasured ones left out."""
+        return {k: float(v) for k, v in asdict(self).items() if v is not None}

@@ -237,8 +237,8 @@ class LearnerSettings(_Section):
     torch_threads: int = Field(1, ge=0)
     probe_every_updates: int = Field(10, ge=0, description="exact side probe (metrics, /status) every this many "
                                      "policy versions; 0: never")
-    # forwarded to learners.LearnerConfig, which validates it (kept loose here: schemas cannot
-    # import learners)
+    # forwarded to learners.LearnerConfig, which judges it as soon as a command that runs the
+    # learner starts (daemon.learner_settings); kept loose here because schemas cannot import learners
     config: dict[str, Any] = {}
 
 

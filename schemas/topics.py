@@ -62,10 +62,21 @@ BY_NAME: dict[str, TopicSpec] = {t.name: t for t in CATALOGUE}
 
 
 def topic_name(base: str, prefix: str = "") -> str:
-    """The physical topic name for a catalogue name under an optional prefix."""
+    """The physical topic name for a catalogue name under an optional prefix: the one rule for
+    catalogue topics, so producers, consumers, the streams engines and ``topics ensure`` agree.
+
+    >>> topic_name("learn.groups", "shadow.")
+    'shadow.learn.groups'
+    """
     if base not in BY_NAME:
         raise KeyError(f"unknown topic {base!r}; the catalogue has {sorted(BY_NAME)}")
     return f"{prefix}{base}"
+
+
+def physical_name(name: str, prefix: str = "") -> str:
+    """``topic_name`` for a catalogue name; any other name (a test's or a tool's own topic) is
+    taken as it is, so clients can be handed either."""
+    return topic_name(name, prefix) if name in BY_NAME else name
 
 
 def catalogue(prefix: str = "", partitions: int | None = None) -> list[TopicSpec]:
@@ -73,10 +84,10 @@ def catalogue(prefix: str = "", partitions: int | None = None) -> list[TopicSpec
     out = []
     for t in CATALOGUE:
         out.append(TopicSpec(
-            name=f"{prefix}{t.name}", key=t.key,
+            name=topic_name(t.name, prefix), key=t.key,
             partitions=t.partitions if t.total_order else (partitions or t.partitions),
             retention_ms=t.retention_ms, compacted=t.compacted, total_order=t.total_order,
-            dead_letter=None if t.dead_letter is None else f"{prefix}{t.dead_letter}",
+            dead_letter=None if t.dead_letter is None else topic_name(t.dead_letter, prefix),
             description=t.description, config=dict(t.config), replication=t.replication,
         ))
     return out

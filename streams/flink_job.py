@@ -44,6 +44,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from schemas.kafka_security import java_properties
+from schemas.topics import topic_name
 from streams.flink_lag import librdkafka_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
     prefix = settings.kafka.topic_prefix
     app = f"{prefix}{settings.streams.app_id}-flink"
     cfg = JobConfig(
-        bootstrap=bootstrap, topics={t: f"{prefix}{t}" for t in INPUTS + OUTPUTS}, group_id=app,
+        bootstrap=bootstrap, topics={t: topic_name(t, prefix) for t in INPUTS + OUTPUTS}, group_id=app,
         transactional_prefix=app, reward=settings.reward.model_dump(), groups=settings.groups.model_dump(),
         market_window_s=settings.streams.market_window_s, idle_tick_s=settings.streams.idle_tick_s,
         idle_close=settings.streams.idle_close,

@@ -4,8 +4,9 @@ Advantages (``trl/trainer/grpo_trainer.py``, ``_generate_and_score_completions``
 ``multi_objective_aggregation="sum_then_normalize"``): ``A = r - mean_group(r)``, then, unless
 ``scale_rewards == "none"``, ``A / (std + 1e-4)`` where std is *Bessel-corrected*
 (``trl.trainer.utils.nanstd``) over the group (``"group"``) or over every reward of the batch
-(``"batch"``). A group whose reward std is ~0 (``torch.isclose(std, 0)``) carries no signal:
-it is still emitted, with ``status="skipped"`` and ``skip_reason="no signal"``.
+(``"batch"``). A group whose reward std is ~0 (``torch.isclose(std, 0)``; the test is
+``schemas.learn.rewards_have_signal``, the one the learner applies too) carries no signal: it
+is still emitted, with ``status="skipped"`` and ``skip_reason="no signal"``.
 
 In the stream every group closes on its own, so a group is its own batch there and ``"batch"``
 gives the same numbers as ``"group"``. A learner that batches several closed groups can call
@@ -25,7 +26,7 @@ from typing import Callable, Literal, Mapping, Sequence
 
 from schemas.agent import Action, Outcome
 from schemas.ids import deterministic_event_id
-from schemas.learn import NO_SIGNAL, GRPOGroup
+from schemas.learn import NO_SIGNAL, GRPOGroup, rewards_have_signal
 from schemas.settings import GroupConfig
 
 ScaleRewards = Literal["group", "batch", "none"]
@@ -43,11 +44,6 @@ def bessel_std(xs: Sequence[float]) -> float:
         return math.nan
     m = _mean(xs)
     return math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-
-
-def _is_zero(std: float) -> bool:
-    # torch.isclose(std, 0): |std| <= atol (1e-8); a NaN std (one value) carries no signal either
-    return math.isnan(std) or abs(std) <= 1e-8
 
 
 def _scale_group(groups: Sequence[Sequence[float]]) -> list[float]:
@@ -95,11 +91,6 @@ def compute_advantages(groups: Sequence[Sequence[float]], scale_rewards: ScaleRe
     return out
 
 
-def has_signal(rewards: Sequence[float]) -> bool:
-    """False when the rewards' spread is zero (TRL's ``is_std_zero``), i.e. nothing to learn."""
-    return not _is_zero(bessel_std(rewards))
-
-
 def window_end_ns(t0_ns: int, horizon_ends_ns: Sequence[int], grace_s: float) -> int:
     """The group's window end in event time: its longest horizon plus the grace period."""
     return max([t0_ns, *horizon_ends_ns]) + round(grace_s * 1e9)
@@ -129,7 +120,7 @@ def close_group(actions: Sequence[Action], outcomes: Mapping[int, Outcome], cfg:
     if status == "partial" and (cfg.partial == "drop" or len(indices) < cfg.min_partial):
         status, skip_reason = "skipped", (f"partial {len(indices)}/{size} dropped" if cfg.partial == "drop"
                                           else f"partial {len(indices)}/{size} < min_partial {cfg.min_partial}")
-    if status != "skipped" and not has_signal(rewards):
+    if status != "skipped" and not rewards_have_signal(rewards):
         status, skip_reason = "skipped", NO_SIGNAL
     advantages = compute_advantages([rewards], cfg.scale_rewards)[0] if rewards else []
     if status == "skipped":

@@ -44,6 +44,8 @@ class Topology:
 
 
 def internal_topic(settings: Settings) -> str:
+    """The worker's own repartition topic. Not a catalogue topic (``schemas.topics``): like the
+    changelogs Faust names, it belongs to the app and is named after the app's id."""
     return f"{settings.kafka.topic_prefix}{settings.streams.app_id}-actions-by-symbol"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from daemon.analytics.reports import Section
 from daemon.analytics.store import Result, Store
+from schemas.learn import SIGNAL_STD_ATOL
 
 DEFAULT_WINDOW = 32  # GuardConfig.window_groups' default: the report and the guard judge alike
 DEFAULT_FLOOR = 1.0  # GuardConfig.entropy_floor_bits' default
@@ -33,7 +34,7 @@ def views(db: str) -> list[str]:
 SELECT group_id, symbol, task, status, skip_reason, policy_version, ts_event, length(completions) AS candidates,
        length(arrayDistinct(completions)) / greatest(length(completions), 1) AS distinct_ratio,
        if(length(rewards) > 0, arrayMax(rewards) - arrayMin(rewards), 0.) AS reward_spread,
-       length(rewards) < 2 OR arrayMax(rewards) - arrayMin(rewards) <= 1e-9 AS zero_spread
+       length(rewards) < 2 OR arrayReduce('stddevSamp', rewards) <= {SIGNAL_STD_ATOL} AS zero_spread
 FROM {db}.groups FINAL"""]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from daemon.eventlog import Position, read_range
-from daemon.learning import RECENT_GROUPS, RecentIds
+from daemon.learning import RECENT_GROUPS, RecentIds, as_applied, coalesce, recorded_batches
 from schemas import BlockUpdate, GRPOGroup
 from schemas.settings import Settings
 
@@ -127,21 +127,28 @@ def replay(state: Any, groups: Iterable[tuple[Position, GRPOGroup]], step_fn: St
         by_group.setdefault(u.group_id, []).append(u)
     clock = time.perf_counter
     seen = RecentIds(RECENT_GROUPS, seen_groups)
-    for pos, group in groups:
-        if group.group_id in seen:
-            res.duplicates += 1
-            continue  # a re-emitted group: the live learner applied it once, so does the replay
-        seen.add(group.group_id)
+
+    def unique() -> Iterable[tuple[Position, GRPOGroup]]:
+        for pos, group in groups:
+            if group.group_id in seen:
+                res.duplicates += 1
+                continue  # a re-emitted group: the live learner applied it once, so does the replay
+            seen.add(group.group_id)
+            yield pos, group
+
+    # batches the live learner coalesced are applied as it applied them, by the recorded updates
+    for pos, batch in as_applied(unique(), recorded_batches((recorded or {}).values())):
+        group = coalesce(batch)
         t0 = clock()
         state, updates = step_fn(state, group)
         t1 = clock()
         res.compute_s += t1 - t0
-        res.groups += 1
+        res.groups += len(batch)
         if updates:
-            res.applied += 1
+            res.applied += len(batch)
             res.updates += len(updates)
         else:
-            res.skipped += 1
+            res.skipped += len(batch)
         for u in updates:
             res.checksums[u.block] = u.checksum
             res.policy_version = max(res.policy_version, u.policy_version)
@@ -164,7 +171,8 @@ def replay(state: Any, groups: Iterable[tuple[Position, GRPOGroup]], step_fn: St
         if on_updates is not None:
             on_updates(group, updates)
         if on_group is not None:
-            on_group()
+            for _ in batch:
+                on_group()
         res.bookkeeping_s += clock() - t1
         if res.divergence is not None and stop_at_divergence:
             break

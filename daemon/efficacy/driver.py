@@ -161,7 +161,7 @@ class LoopDriver:
             unit = paper_fill(spec.model_copy(update={"size": 0.0 if spec.side == "flat" else 1.0}),
                               d.t0_ns, book, self.pnl).reward
         fills = side_fills(d.t0_ns, book, self.pnl, self.actor_settings.horizon_s)
-        imbalance = float(d.features.get("imbalance", 0.0))
+        imbalance = d.features.imbalance
         pick = random_side(self.seed, d.symbol, d.t0_ns)
         sides = [a.parsed.side if a.parsed is not None else "invalid" for a in actions]
         return {

@@ -7,7 +7,7 @@ from typing import Any
 from daemon import kafka_local
 from schemas.kafka_security import aiokafka_kwargs
 from schemas.settings import Settings
-from schemas.topics import topic_name
+from schemas.topics import physical_name, topic_name
 
 
 def bootstrap_for(settings: Settings) -> str:
@@ -29,3 +29,8 @@ def security_kwargs(settings: Settings) -> dict[str, Any]:
 def topic(settings: Settings, base: str) -> str:
     """The physical name of a catalogue topic under this deployment's prefix."""
     return topic_name(base, settings.kafka.topic_prefix)
+
+
+def physical(settings: Settings, name: str) -> str:
+    """A catalogue name under this deployment's prefix; any other name as it is."""
+    return physical_name(name, settings.kafka.topic_prefix)

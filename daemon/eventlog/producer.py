@@ -18,11 +18,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from daemon.eventlog import metrics
-from daemon.eventlog.connection import client_kwargs, topic
+from daemon.eventlog.connection import client_kwargs, physical
 from daemon.eventlog.delivery import DEFAULT_LIMIT, DeliveryFatal, Redelivery
 from schemas import Event, encode
 from schemas.settings import Settings
-from schemas.topics import BY_NAME
 
 log = structlog.get_logger(__name__)
 
@@ -110,8 +109,7 @@ class EventProducer:
     def physical(self, base: str) -> str:
         name = self._names.get(base)
         if name is None:
-            # catalogue names get the deployment prefix; anything else is taken literally
-            name = self._names[base] = topic(self._settings, base) if base in BY_NAME else base
+            name = self._names[base] = physical(self._settings, base)
         return name
 
     async def send(self, base_topic: str, event: Event, *, key: str | None = None,

@@ -11,11 +11,10 @@ from typing import Any, AsyncIterator, Iterable, NamedTuple
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from daemon.eventlog import metrics
-from daemon.eventlog.connection import client_kwargs, topic
+from daemon.eventlog.connection import client_kwargs, physical
 from daemon.eventlog.producer import EventProducer
 from schemas import DeadLetter, DecodeError, Event, decode, deterministic_event_id
 from schemas.settings import Settings
-from schemas.topics import BY_NAME
 
 
 class Position(NamedTuple):
@@ -45,10 +44,6 @@ class DeadLetterer:
         self.count += 1
         metrics.DEAD_LETTERS.labels(self._source).inc()
         return dl
-
-
-def physical(settings: Settings, name: str) -> str:
-    return topic(settings, name) if name in BY_NAME else name
 
 
 def decode_or_none(record: ConsumerRecord) -> tuple[Event | None, str | None]:

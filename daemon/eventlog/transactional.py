@@ -13,9 +13,9 @@ from typing import Awaitable, Callable, Iterable, Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from daemon.eventlog.connection import client_kwargs
+from daemon.eventlog.connection import client_kwargs, physical
 from daemon.eventlog.producer import EventProducer
-from daemon.eventlog.reader import DeadLetterer, decode_or_none, physical
+from daemon.eventlog.reader import DeadLetterer, decode_or_none
 from schemas import Event
 from schemas.settings import Settings
 

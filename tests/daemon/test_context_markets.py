@@ -55,13 +55,13 @@ def test_two_venues_with_one_symbol_keep_separate_windows_features_and_quotes():
 
     fb = ctx.features("binance", SYM, T_BIN + 12 * S)
     fo = ctx.features("okx", SYM, T_OKX + 12 * S)
-    assert fb["imbalance"] == 0.5 and fo["imbalance"] == -0.5
-    assert fb["ret_10s"] > 0 > fo["ret_10s"]  # one venue rising, the other falling
-    assert abs(fb["spread_bps"] - 0.5 / 61_024.25 * 1e4) < 1e-9
-    assert abs(fo["spread_bps"] - 1.0 / 29_976.5 * 1e4) < 1e-9
+    assert fb.imbalance == 0.5 and fo.imbalance == -0.5
+    assert fb.ret_10s > 0 > fo.ret_10s  # one venue rising, the other falling
+    assert abs(fb.spread_bps - 0.5 / 61_024.25 * 1e4) < 1e-9
+    assert abs(fo.spread_bps - 1.0 / 29_976.5 * 1e4) < 1e-9
     # volume over the last 10 s of each venue's own trades only
-    assert abs(fb["volume"] - sum(0.5 * (61_000.0 + i) for i in range(4, 25))) < 1e-6
-    assert abs(fo["volume"] - sum(2.0 * (30_000.0 - i) for i in range(4, 25))) < 1e-6
+    assert abs(fb.volume - sum(0.5 * (61_000.0 + i) for i in range(4, 25))) < 1e-6
+    assert abs(fo.volume - sum(2.0 * (30_000.0 - i) for i in range(4, 25))) < 1e-6
     # a venue's features at the other's clock: before its first quote, so none
     assert ctx.features("okx", SYM, T_OKX - S) is None
 

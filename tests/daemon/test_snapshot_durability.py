@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 from safetensors.torch import load_file, save_file
 
 from daemon import snapshots
-from daemon.learner_loop import model_checksum
+from daemon.learner_loop import combined_checksum, model_checksum
 from daemon.runtime import load_or_bootstrap
-from learners.core import LearnerConfig, build_state, step
+from learners.core import LearnerConfig, block_checksum, build_state, step
 from learners.snapshot import SnapshotUnreadable
 from schemas import GRPOGroup
 from schemas.settings import Settings
@@ -216,3 +216,10 @@ def test_a_snapshot_write_fsyncs_files_directory_and_parent(tmp_path, monkeypatc
     publish = at("replace", tmp, final)
     assert at("fsync", tmp) < publish
     assert events[-1] == ("fsync", str(root), "") and publish < len(events) - 1  # the rename itself
+
+
+def test_the_loops_tracked_checksum_is_the_models():
+    state = build_state(LearnerConfig(**TINY))
+    # the loop fills its per-block map as blocks update, in any order
+    tracked = {b: block_checksum(state.model, b) for b in reversed(range(len(state.model.blocks)))}
+    assert combined_checksum(tracked) == model_checksum(state)

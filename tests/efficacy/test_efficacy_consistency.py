@@ -26,6 +26,7 @@ import pytest
 
 from daemon.efficacy import EfficacyConfig, run_efficacy
 from learners.grammar import Invalid, parse_action
+from schemas.market import MarketFeatures
 from schemas.settings import RewardConfig
 from streams.rewards import BookPath, paper_fill
 
@@ -163,7 +164,7 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
                               ts_event=r["t0_ns"], executed=i == 0)
                 actions.append(Action(**common, invalid_reason=spec.reason) if isinstance(spec, Invalid)
                                else Action(**common, parsed=clamp_horizon(spec, 5.0)))
-            d = Decision(r["symbol"], "binance", r["t0_ns"], {"imbalance": r["imbalance"]}, ())
+            d = Decision(r["symbol"], "binance", r["t0_ns"], MarketFeatures(imbalance=r["imbalance"]), ())
             version = policy.policy_version
             rec = driver._close("train1", _Open(d, actions, r["t0_ns"] + HORIZON_NS), book, lambda s, t: "x")
             fills = _independent_fills(quotes["train1"], r["t0_ns"], fee)

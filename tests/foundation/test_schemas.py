@@ -72,6 +72,22 @@ def test_previous_version_reads():
     assert ev.event_id == v1["event_id"]
 
 
+@pytest.mark.parametrize("group_id, members", [("g1", ["g1"]), ("g1+g2+g3", ["g1", "g2", "g3"])])
+def test_block_update_v1_names_its_groups_in_v2(group_id, members):
+    """BlockUpdate v1 joined a coalesced batch's ids into ``group_id``; v2 lists them."""
+    v1 = {"event_id": s.new_event_id(), "type": "learn.update", "schema_version": 1, "ts_event": 1, "ts_ingest": 2,
+          "source": "learner", "key": "0", "block": 0, "step": 3, "group_id": group_id, "loss": 0.5,
+          "grad_norm": 0.1, "checksum": "ab" * 32, "policy_version": 3, "coalesced": len(members)}
+    ev = s.decode(json.dumps(v1).encode())
+    assert isinstance(ev, s.BlockUpdate) and ev.schema_version == 2
+    assert ev.group_ids == members and ev.group_id == group_id and ev.event_id == v1["event_id"]
+
+
+def test_a_block_update_written_without_group_ids_names_its_one_group():
+    u = s.BlockUpdate(block=0, step=1, group_id="g", loss=0.0, grad_norm=0.0, checksum="c", policy_version=1)
+    assert u.group_ids == ["g"] and s.decode(s.encode(u)) == u
+
+
 def test_newer_version_is_rejected_with_reason():
     raw = s.encode(samples()[0]).replace(b'"schema_version":2', b'"schema_version":9')
     with pytest.raises(s.DecodeError, match="schema_version: market.trade v9 is newer"):

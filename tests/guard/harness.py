@@ -15,6 +15,7 @@ from learners.core import LearnerConfig
 from learners.diversity import action_key
 from learners.model import ModelConfig
 from schemas import GRPOGroup, GuardAction
+from schemas.learn import rewards_have_signal
 from streams.grouping import compute_advantages
 
 # What the tiny model is taught: ten actions of the real grammar, short enough for a 14-byte
@@ -70,7 +71,7 @@ def make_group(i: int, policy: ResidentPolicy, rng: random.Random, seed: int) ->
     completions, version = policy.sample_sync(p, GROUP_SIZE, seed + i)
     rewards = [reward(c) for c in completions]
     (adv,) = compute_advantages([rewards], "group")
-    zero = max(rewards) - min(rewards) <= 1e-12
+    zero = not rewards_have_signal(rewards)
     return GRPOGroup(group_id=f"g{seed}-{i}", symbol="X", policy_version=version, prompt=p, completions=completions,
                      candidate_indices=list(range(GROUP_SIZE)), rewards=rewards, advantages=adv, group_size=GROUP_SIZE,
                      status="skipped" if zero else "complete", skip_reason="zero_spread" if zero else None,

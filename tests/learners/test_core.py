@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from learners.core import LearnerConfig, block_checksum, build_state, sample, step
+from learners.core import LearnerConfig, block_checksum, build_state, has_signal, sample, step
 from learners.model import ModelConfig
 from learners.snapshot import load_snapshot, pin_blocks, read_snapshot_info, save_snapshot
 from schemas import GRPOGroup
@@ -93,6 +93,16 @@ def test_a_group_without_reward_signal_still_takes_the_regularisers_step():
     dropped = group(1).model_copy(update={"status": "skipped", "skip_reason": "partial 2/3 dropped"})
     state, ups = step(state, dropped)  # dropped on purpose: not learned from at all
     assert ups == [] and state.policy_version == 1 and state.skipped_groups == 2
+
+
+def test_the_learner_skips_by_the_streams_test():
+    state = build_state(tiny_config(kl_bootstrap_coef=0.0))
+    # a sample std of 5.8e-9: no signal for TRL, though the advantages' spread is not zero
+    tiny = group(0, advantages=(0.0, 1e-8, 0.0))
+    assert not tiny.has_signal and not has_signal(tiny)
+    state, ups = step(state, tiny)
+    assert ups == [] and state.skipped_groups == 1 and state.policy_version == 0
+    assert has_signal(group(1, advantages=(0.0, 3e-8, 0.0)))
 
 
 def test_pin_blocks_restores_only_the_named_blocks(tmp_path):

@@ -5,9 +5,10 @@ import random
 import pytest
 import torch
 
-from learners.grammar import (Invalid, format_market_prompt, format_social_prompt, parse_action,
-                              random_market_example, random_social_example)
+from learners.grammar import (Invalid, format_market_prompt, format_social_prompt, market_scale_features, parse_action,
+                              random_market_example, random_market_features, random_social_example)
 from schemas import MarketActionSpec, SocialActionSpec
+from schemas.market import MarketFeatures
 
 
 def test_market_prompt_is_compact_and_ordered():
@@ -16,6 +17,20 @@ def test_market_prompt_is_compact_and_ordered():
     # non-directional first, imbalance last (a fixed distance from the completion)
     assert p == "M BTCUSDT sp=1.23 v=1.23k sn=4 r10=-12 r1=+3 im=+0.35>"
     assert format_social_prompt(["gm | all", "to the\nmoon"], 60) == "S h60 0:gm all|1:to the moon>"
+
+
+def test_a_market_features_record_writes_the_same_prompt_as_its_names():
+    f = MarketFeatures(ret_1s=3.2, ret_10s=-12.4, spread_bps=1.23, imbalance=0.351, volume=1234.0, social_posts=4)
+    assert format_market_prompt("BTCUSDT", f) == format_market_prompt("BTCUSDT", f.as_dict())
+    assert format_market_prompt("BTCUSDT", f) == "M BTCUSDT sp=1.23 v=1.23k sn=4 r60=0 r10=-12 r1=+3 im=+0.35>"
+    assert "social_likes" not in f.as_dict()  # not measured: not shown
+
+
+def test_synthetic_markets_are_market_features():
+    rng = random.Random(0)
+    for draw in (random_market_features, market_scale_features):
+        f = draw(rng)
+        assert isinstance(f, MarketFeatures) and -1 <= f.imbalance <= 1 and f.spread_bps > 0
 
 
 def test_zero_has_no_sign():

@@ -24,7 +24,7 @@ def test_unknown_preset_is_refused_by_name():
 
 def test_the_daemons_cpu_learner_is_the_efficacy_benchmarks():
     from daemon.efficacy.config import EfficacyConfig
-    from daemon.runtime import learner_config
+    from daemon.learner_settings import learner_config
     from schemas.settings import LearnerSettings, Settings
 
     daemon = asdict(learner_config(Settings(learner=LearnerSettings(device="cpu"))))

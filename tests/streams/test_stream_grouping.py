@@ -7,6 +7,7 @@ import math
 import pytest
 
 from schemas import Action, MarketActionSpec, event_id_ms
+from schemas.learn import rewards_have_signal
 from schemas.settings import GroupConfig, RewardConfig
 from streams.grouping import NO_SIGNAL, close_group, compute_advantages, window_end_ns
 from streams.rewards import invalid_result, to_outcome
@@ -46,6 +47,16 @@ def test_zero_spread_group_is_emitted_as_skipped():
                       window_end=5)
     assert (grp.status, grp.skip_reason) == ("skipped", NO_SIGNAL)
     assert grp.rewards == [2.5] * 4 and grp.advantages == [0.0] * 4 and grp.candidate_indices == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("spread, signal", [(1e-8, False), (3e-8, True)])
+def test_the_stream_skips_exactly_the_groups_without_signal_for_the_learner(spread, signal):
+    # sample stds 5.8e-9 and 1.7e-8 sit either side of TRL's isclose(std, 0) atol
+    acts = _actions(3)
+    grp = close_group(acts, _outcomes(acts, [0.0, spread, 0.0]), GroupConfig(group_size=3), close_reason="all_in",
+                      window_end=5)
+    assert rewards_have_signal(grp.rewards) is signal and grp.has_signal is signal
+    assert (grp.status == "skipped") is not signal
 
 
 def test_complete_group_and_deterministic_id():
