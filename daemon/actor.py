@@ -134,10 +134,6 @@ class Actor:
     def task(self) -> asyncio.Task | None:
         return self._task
 
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     async def stop(self, timeout: float = 60.0) -> None:
         """Finish the decision in hand (all of a group's candidates go out, or none), then stop."""
         self._stopping = True

@@ -41,7 +41,7 @@ class LoopHeartbeat:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return task_alive(self._task)
 
     @property
     def lag_s(self) -> float:
@@ -59,6 +59,11 @@ class LoopHeartbeat:
             if len(self._lags) > self.window:
                 del self._lags[0]
             metrics.LOOP_LAG.set(self.lag_s)
+
+
+def task_alive(task: asyncio.Task | None) -> bool:
+    """Started and not ended: a task that raised is dead even while the process serves HTTP."""
+    return task is not None and not task.done()
 
 
 def model_loaded(model: Any) -> bool:

@@ -98,11 +98,6 @@ class LearnerLoop:
     def task(self) -> asyncio.Task | None:
         return self._task
 
-    @property
-    def alive(self) -> bool:
-        """Started and not ended: a loop that raised is dead even while the process serves HTTP."""
-        return self._task is not None and not self._task.done()
-
     async def stop(self, timeout: float = 120.0) -> None:
         """Finish the poll in hand (a step is never cut in half: the model and the offset must
         agree for the final snapshot), then stop."""

@@ -18,7 +18,7 @@ from daemon.context import ContextWindow
 from daemon.due_groups import DueGroups
 from daemon.eventlog import DeliveryFatal, EventProducer
 from daemon.executors import KillSwitch, PaperExecutor, kill_switch_path
-from daemon.heartbeat import LoopHeartbeat, liveness, model_loaded
+from daemon.heartbeat import LoopHeartbeat, liveness, model_loaded, task_alive
 from daemon.http import HttpServer, resolve_admin_token
 from daemon.learner_loop import LearnerLoop
 from daemon.learner_settings import learner_config
@@ -329,7 +329,8 @@ class Daemon:
     def health(self) -> dict[str, Any]:
         """Liveness: the loop turns, the learner and the actor run, the model is loaded. The
         parts are checked only once started (the probe may come while ``start`` still works)."""
-        tasks = {"learner": self.learner.alive, "actor": self.actor.alive} if self.started else {}
+        tasks = ({"learner": task_alive(self.learner.task), "actor": task_alive(self.actor.task)}
+                 if self.started else {})
         body = liveness(self.heartbeat, tasks, model_loaded(self.policy.state.model), self.s.http.liveness_stall_s)
         return {**body, "policy_version": self.policy.policy_version,
                 "uptime_s": round(time.time() - self.started_at, 1)}
@@ -337,7 +338,7 @@ class Daemon:
     async def readiness(self) -> dict[str, Any]:
         bootstrap = self.producer.raw.client.hosts[0] if self.producer.raw.client.hosts else None
         broker = bool(bootstrap) and await asyncio.to_thread(kafka_local.broker_answers, f"{bootstrap[0]}:{bootstrap[1]}", 1.0)
-        learner = self.learner.ready.is_set() and self.learner.alive
+        learner = self.learner.ready.is_set() and task_alive(self.learner.task)
         model = model_loaded(self.policy.state.model)
         return {"ok": broker and learner and model, "broker": broker, "learner": learner, "model_loaded": model}
 

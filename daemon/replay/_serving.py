@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from typing import Any
+from abc import ABC, abstractmethod
+from typing import Any, Awaitable, Callable
 
 import structlog
 from websockets.asyncio.server import ServerConnection
@@ -128,7 +129,7 @@ def is_websocket(request: Any) -> bool:
     return "websocket" in request.headers.get("Upgrade", "").lower()
 
 
-class ReplayServer:
+class ReplayServer(ABC):
     """What every capture-replaying server shares: its address, the websocket server's life, and
     ``async with``. A subclass sets ``host``, ``port`` and ``_server`` in ``start`` and stops its
     own players and outboxes in ``stop`` before ``close_server``."""
@@ -153,11 +154,34 @@ class ReplayServer:
     def connections(self) -> int:
         return len(self._outboxes)
 
+    @abstractmethod
     async def start(self) -> Any:
-        raise NotImplementedError
+        """Listen; returns the server (for ``async with``)."""
 
+    @abstractmethod
     async def stop(self) -> None:
-        raise NotImplementedError
+        """Stop playing, close every outbox, then ``close_server``."""
+
+    async def serve_commands(self, ws: ServerConnection, outbox: Outbox, mine: set,
+                             command: Callable[[str | bytes], Awaitable[None]], key_of: Callable[[Any], Any]) -> None:
+        """One connection: its commands until it goes, then its subscriptions (``mine``, mapped
+        to ``_subs`` keys by ``key_of``) and its outbox are dropped and waiters are told."""
+        try:
+            async for raw in ws:
+                await command(raw)
+        except Exception as e:  # noqa: BLE001 - a broken client must not take the server down
+            log.debug("replay.client_error", server=type(self).__name__, error=repr(e))
+        finally:
+            for item in mine:
+                self._subs[key_of(item)].discard(outbox)
+            del self._outboxes[ws]
+            await outbox.close()
+            await self.notify_changed()
+
+    async def notify_changed(self) -> None:
+        """Wake ``subscribed`` waiters: the subscriptions changed."""
+        async with self._changed:
+            self._changed.notify_all()
 
     async def close_server(self) -> None:
         if self._server is not None:

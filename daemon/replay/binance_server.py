@@ -176,10 +176,6 @@ class BinanceReplayServer(ReplayServer):
             raise
         log.info("replay.binance.finished", market=cap.market, symbol=cap.symbol)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
     async def _handle(self, ws: ServerConnection) -> None:
         parts = [p for p in urlsplit(ws.request.path if ws.request else "/").path.split("/") if p]
         market = parts[0] if parts else ""
@@ -192,17 +188,8 @@ class BinanceReplayServer(ReplayServer):
         outbox = Outbox(ws)
         mine: set[str] = set()
         self._outboxes[ws] = (market, outbox, mine)
-        try:
-            async for raw in ws:
-                await self._command(market, outbox, mine, raw)
-        except Exception as e:  # a broken client must not take the server down
-            log.debug("replay.binance.client_error", error=repr(e))
-        finally:
-            for s in mine:
-                self._subs[(market, s)].discard(outbox)
-            del self._outboxes[ws]
-            await outbox.close()
-            await self._notify()
+        await self.serve_commands(ws, outbox, mine, lambda raw: self._command(market, outbox, mine, raw),
+                                  lambda stream: (market, stream))
 
     async def _command(self, market: str, outbox: Outbox, mine: set[str], raw: str | bytes) -> None:
         try:
@@ -220,7 +207,7 @@ class BinanceReplayServer(ReplayServer):
                 self._subs[(market, key)].add(outbox)
                 if key.partition("@")[0] not in self._recorded[market]:
                     log.warning("replay.binance.not_recorded", market=market, stream=s)
-            await self._notify()
+            await self.notify_changed()
         elif method == "UNSUBSCRIBE":
             for s in params:
                 key = canonical_stream(s)

@@ -205,10 +205,6 @@ class OkxReplayServer(ReplayServer):
                 await ob.put(f.payload)
         log.info("replay.okx.finished", frames=len(self.frames))
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
     async def _handle(self, ws: ServerConnection) -> None:
         path = urlsplit(ws.request.path if ws.request else "/").path
         if not path.startswith(WS_PREFIX + "/"):
@@ -218,17 +214,8 @@ class OkxReplayServer(ReplayServer):
         conn_id = f"replay{next(self._conn_ids)}"
         mine: set[Key] = set()
         self._outboxes[ws] = outbox
-        try:
-            async for raw in ws:
-                await self._command(outbox, conn_id, mine, raw)
-        except Exception as e:  # a broken client must not take the server down
-            log.debug("replay.okx.client_error", error=repr(e))
-        finally:
-            for key in mine:
-                self._subs[key].discard(outbox)
-            del self._outboxes[ws]
-            await outbox.close()
-            await self._notify()
+        await self.serve_commands(ws, outbox, mine, lambda raw: self._command(outbox, conn_id, mine, raw),
+                                  lambda key: key)
 
     async def _command(self, outbox: Outbox, conn_id: str, mine: set[Key], raw: str | bytes) -> None:
         if raw in ("ping", b"ping"):
@@ -257,7 +244,7 @@ class OkxReplayServer(ReplayServer):
             else:
                 mine.discard(key)
                 self._subs[key].discard(outbox)
-        await self._notify()
+        await self.notify_changed()
 
     def _http(self, connection: ServerConnection, request: Any) -> Any:
         if is_websocket(request):
