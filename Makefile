@@ -47,7 +47,7 @@ lock: $(LOCK_STAMP)
 	LOCK_UPGRADE=$(UPGRADE) $(LOCK_VENV)/bin/python scripts/lock.py
 
 $(KAFKA_JARS): kafka/pom.xml $(STAMP)
-	$(PY) -c "from daemon.kafka_local import fetch_jars; fetch_jars()"
+	$(PY) -c "from daemon.ops.kafka_local import fetch_jars; fetch_jars()"
 
 setup: $(STAMP) $(KAFKA_JARS)
 

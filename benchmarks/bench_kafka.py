@@ -16,7 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from daemon import kafka_local
+from daemon.ops import kafka_local
+
+from daemon.eventlog import broker_address
 from daemon.eventlog.connection import bootstrap_for
 from schemas.settings import Settings, load_settings
 
@@ -29,7 +31,7 @@ def bench_settings(name: str, **updates: Any) -> Iterator[Settings]:
     base = load_settings()
     try:
         bootstrap = bootstrap_for(base)
-    except kafka_local.BrokerError:
+    except broker_address.BrokerError:
         bootstrap = None  # none configured or running: a throwaway one below
     tmp = None if bootstrap is not None else Path(tempfile.mkdtemp(prefix="eigenloop-bench-kafka-"))
     try:

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import typer  # noqa: E402
 
-from daemon.cli_bench import efficacy  # noqa: E402
+from daemon.cli.bench import efficacy  # noqa: E402
 
 if __name__ == "__main__":
     typer.run(efficacy)

@@ -21,9 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from daemon.pace import PaceLink
-from daemon.replay import ReplayCluster
 from daemon.sources.market import MarketSource
+from daemon.sources.pace import PaceLink
+from daemon.tools.capture_servers import ReplayCluster
 
 
 async def paced(args: argparse.Namespace) -> dict[str, float]:

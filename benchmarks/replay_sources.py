@@ -14,9 +14,9 @@ import resource
 import time
 from collections import Counter
 
-from daemon.replay import ReplayCluster
 from daemon.sources.market import MarketSource
 from daemon.sources.social import JetstreamSource
+from daemon.tools.capture_servers import ReplayCluster
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:

@@ -7,7 +7,7 @@ the local broker of ``eigenloop kafka start``), else a throwaway one (``benchmar
 
 Writes N groups and their block updates to a fresh topic prefix on the broker, then times:
 - bookkeeping: reading learn.groups and learn.updates from Kafka, decoding every record and
-  running ``daemon.analytics.replay.replay`` with --verify matching, with a step function that
+  running ``daemon.tools.replay.rebuild.replay`` with --verify matching, with a step function that
   does no model work (it returns the recorded updates). Goal: >= 5000 groups/s.
 - model compute: ``learners.core.step`` on a small CPU model, per group, reported separately.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
 
 from benchmarks.bench_kafka import bench_settings  # noqa: E402
-from daemon.analytics import replay as rp  # noqa: E402
 from daemon.eventlog import EventProducer  # noqa: E402
 from daemon.eventlog.admin import ensure_topics  # noqa: E402
+from daemon.tools.replay import rebuild as rp  # noqa: E402
 from schemas import BlockUpdate, GRPOGroup, deterministic_event_id  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 

@@ -122,3 +122,14 @@ class _RedactingFormatter(logging.Formatter):
 
 def get_logger(name: str | None = None, **bound: Any) -> Any:
     return structlog.get_logger(name).bind(**bound) if bound else structlog.get_logger(name)
+
+
+def bind_task(**ids: Any) -> None:
+    """Put these ids (the task's name, its venue, symbol, ...) on every log line the current asyncio
+    task writes from now on, and on the lines of tasks it starts afterwards.
+
+    Call it first thing in a long-running task's coroutine. asyncio gives each task a copy of the
+    context it was created in, so ids bound inside one task never show up in a sibling's lines,
+    and a line written deep inside a library call still says which stream or loop it came from.
+    """
+    structlog.contextvars.bind_contextvars(**ids)

@@ -193,7 +193,7 @@ class ExecutorSettings(_Section):
     max_notional: float = Field(100.0, ge=0)
     max_position: float = Field(100.0, ge=0)
     max_orders_per_minute: int = Field(10, ge=0)
-    # null: <data_dir>/KILL. daemon.executors.kill_switch_path resolves it for every reader and
+    # null: <data_dir>/KILL. daemon.service.executors.kill_switch_path resolves it for every reader and
     # writer (daemon, CLI, HTTP), so they cannot disagree on which file stops trading
     kill_switch_file: Path | None = Field(None, description="the kill-switch flag file; null: <data_dir>/KILL")
     social_dry_run: bool = True
@@ -238,7 +238,7 @@ class LearnerSettings(_Section):
     probe_every_updates: int = Field(10, ge=0, description="exact side probe (metrics, /status) every this many "
                                      "policy versions; 0: never")
     # forwarded to learners.LearnerConfig, which judges it as soon as a command that runs the
-    # learner starts (daemon.learner_settings); kept loose here because schemas cannot import learners
+    # learner starts (daemon.service.learner_settings); kept loose here because schemas cannot import learners
     config: dict[str, Any] = {}
 
 
@@ -262,7 +262,7 @@ class AnalyticsSettings(_Section):
 
 
 class GuardSettings(_Section):
-    """The collapse guard (``daemon/guard.py``): windows, floors and ceilings, escalation."""
+    """The collapse guard (``daemon/service/guard.py``): windows, floors and ceilings, escalation."""
 
     enabled: bool = Field(True, description="act; when false the guard only measures and exports metrics")
     window_groups: int = Field(32, ge=1, description="closed groups per judged window")

@@ -24,7 +24,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
     if env:
         yield env
         return
-    from daemon import kafka_local
+    from daemon.ops import kafka_local
 
     data_dir = tmp_path_factory.mktemp("kafka-session")
     info = kafka_local.start(data_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon import kafka_local
+from daemon.eventlog.broker_address import resolve_bootstrap
 from schemas.kafka_security import aiokafka_kwargs
 from schemas.settings import Settings
 from schemas.topics import physical_name, topic_name
@@ -12,7 +12,7 @@ from schemas.topics import physical_name, topic_name
 
 def bootstrap_for(settings: Settings) -> str:
     """Configured bootstrap, else EIGENLOOP_KAFKA_BOOTSTRAP, else the local broker's address."""
-    return kafka_local.resolve_bootstrap(settings.kafka.bootstrap, settings.data_dir)
+    return resolve_bootstrap(settings.kafka.bootstrap, settings.data_dir)
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:

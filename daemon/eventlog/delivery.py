@@ -37,15 +37,15 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
 from aiokafka.errors import (InvalidProducerEpoch, KafkaError, KafkaTimeoutError, KafkaUnavailableError,
                              OutOfOrderSequenceNumber)
 
 from daemon.errors import EigenloopError
 from daemon.eventlog import metrics
+from daemon.logging import get_logger
 from schemas import Event
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_LIMIT = 10_000  # records awaiting acknowledgement; ~5 MB of events at ~500 bytes each
 

@@ -13,17 +13,17 @@ import asyncio
 import time
 from typing import Any, Callable
 
-import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from daemon.eventlog import metrics
 from daemon.eventlog.connection import client_kwargs, physical
 from daemon.eventlog.delivery import DEFAULT_LIMIT, DeliveryFatal, Redelivery
+from daemon.logging import get_logger
 from schemas import Event, encode
 from schemas.settings import Settings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class EventProducer:

@@ -17,12 +17,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
-import structlog
 from ccxt.base.errors import (AuthenticationError, BadRequest, ExchangeClosedByUser, NotSupported,
                               ArgumentsRequired)
 from pydantic import ValidationError
 
 from daemon.errors import ConfigError
+from daemon.logging import bind_task, get_logger
 from daemon.sources import metrics
 from daemon.sources.ccxt_glue import CURRENT_STREAM, install_drop_tracking, install_guard, make_exchange
 from schemas.base import Event
@@ -30,7 +30,7 @@ from schemas.deadletter import DeadLetter
 from schemas.market import BookTicker, DepthUpdate, MarketTrade, StreamGap
 from schemas.settings import ExchangeSettings, SourcesSettings
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Sink = Callable[[Event], Awaitable[None]]
 CHANNELS = ("trades", "bids_asks", "order_book")
@@ -120,7 +120,7 @@ class MarketSource:
         self._xs: list[_Exchange] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._dlq: asyncio.Queue[DeadLetter] = asyncio.Queue(10_000)
-        # a loop-paced replay (``daemon.pace``) reads these to tell when every frame is handled
+        # a loop-paced replay (``daemon.sources.pace``) reads these to tell when every frame is handled
         self.frames_in = 0
         self.frames_bad = 0
         self.on_progress: Callable[[], None] | None = None
@@ -201,6 +201,7 @@ class MarketSource:
         return sum(x.losses.get(u, 0) for u in st.urls)
 
     async def _supervise(self, x: _Exchange, st: StreamState) -> None:
+        bind_task(task="market", exchange=st.exchange, symbol=st.symbol, channel=st.channel)
         CURRENT_STREAM.set(st)
         attempt = 0
         fresh = True  # the next book is the first after a (re)subscribe
@@ -214,8 +215,7 @@ class MarketSource:
             except _FATAL as e:
                 st.up, st.failed, st.error, st.parked = False, True, f"{type(e).__name__}: {e}", False
                 self._progress()
-                log.error("market.stream_failed", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
-                          error=st.error)
+                log.error("market.stream_failed", error=st.error)
                 return
             except Exception as e:  # ccxt NetworkError and friends, parser bugs: reconnect
                 st.parked = False
@@ -228,23 +228,21 @@ class MarketSource:
                 metrics.RECONNECTS.labels(source=self._label(x, st.symbol), stream=st.channel).inc()
                 delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1))
                 delay = self.rng.uniform(0.1 * delay, delay)  # jitter: reconnects must not arrive in lockstep
-                log.warning("market.stream_down", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
-                            error=st.error, attempt=attempt, retry_in_s=round(delay, 3))
+                log.warning("market.stream_down", error=st.error, attempt=attempt, retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay)
                 fresh = True
                 continue
             if not st.up:
                 # losses on this URL so far (another stream's, an earlier connection's) are not news
                 st.seen_losses = self._losses(x, st)
-                log.info("market.stream_up", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
-                         after_attempts=attempt)
+                log.info("market.stream_up", after_attempts=attempt)
             elif self._losses(x, st) > st.seen_losses:
                 # the socket died while this stream was busy elsewhere and ccxt dialled again
                 # inside this call: a drop all the same, and data in between is missing
                 st.seen_losses = self._losses(x, st)
                 st.drops += 1
                 metrics.RECONNECTS.labels(source=self._label(x, st.symbol), stream=st.channel).inc()
-                log.warning("market.stream_redialled", exchange=st.exchange, symbol=st.symbol, channel=st.channel)
+                log.warning("market.stream_redialled")
                 await self._gap(x, st, "connection lost between reads; ccxt dialled again", 1)
                 fresh = True
             st.up, attempt, st.parked = True, 0, False
@@ -253,8 +251,7 @@ class MarketSource:
                 st.handled += 1
             except Exception as e:  # from the sink: not ours to retry
                 st.up, st.failed, st.error = False, True, f"sink: {type(e).__name__}: {e}"
-                log.error("market.sink_failed", exchange=st.exchange, symbol=st.symbol, channel=st.channel,
-                          error=st.error)
+                log.error("market.sink_failed", error=st.error)
                 raise
             fresh = False
 
@@ -353,7 +350,10 @@ class MarketSource:
         self.frames_bad += 1
         self._progress()
         metrics.MALFORMED.labels(source=source).inc()
-        log.warning("market.malformed_frame", source=source, reason=reason)
+        # ccxt's receive loop inherited the ids of the stream that opened the connection, but a
+        # frame that failed to parse belongs to no stream yet: say so rather than blame that one
+        log.warning("market.malformed_frame", source=source, reason=reason, task="market-connection",
+                    exchange=x.ex.id, symbol=None, channel=None)
         self._queue_dead(DeadLetter.from_input(raw if isinstance(raw, (str, bytes)) else repr(raw),
                                                source_topic="market.events", reason=reason,
                                                error_type=error_type, source=source, key=source))

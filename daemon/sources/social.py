@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import structlog
 import websockets
 from pydantic import ValidationError
 
 from daemon.errors import ConfigError, MalformedInput
+from daemon.logging import bind_task, get_logger
 from daemon.sources import metrics
 from schemas.base import Event
 from schemas.deadletter import DeadLetter
@@ -27,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover
     from json import loads as _loads
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 Sink = Callable[[Event], Awaitable[None]]
 SOURCE = "bluesky:jetstream"
@@ -81,7 +81,7 @@ class JetstreamSource:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._ws: Any = None
-        # a loop-paced replay (``daemon.pace``) reads these to tell when every frame is handled
+        # a loop-paced replay (``daemon.sources.pace``) reads these to tell when every frame is handled
         self.frames_in = 0
         self.frames_done = 0
         self.on_progress: Callable[[], None] | None = None
@@ -130,6 +130,7 @@ class JetstreamSource:
         return urlunsplit((parts.scheme, parts.netloc, parts.path or "/subscribe", extra, ""))
 
     async def _run(self) -> None:
+        bind_task(task="social")
         attempt = 0
         while True:
             try:

@@ -76,7 +76,7 @@ def build_log(n_groups: int, group_size: int = 4, blocks: int = 2, seed: int = 7
 
 
 def counts_of(log: list[tuple[str, object]]) -> LogCounts:
-    from daemon.analytics.ddl import BY_RECORD
+    from daemon.ops.analytics.ddl import BY_RECORD
 
     tables: dict[str, int] = {}
     for _, ev in log:

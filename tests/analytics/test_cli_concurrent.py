@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.analytics.reports import REPORTS
+from daemon.ops.analytics.reports import REPORTS
 from schemas.settings import Settings
 
 from .helpers import EIGENLOOP, REPO, build_log, cli_env, counts_of, produce_sync, run_cli

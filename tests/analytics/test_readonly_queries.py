@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.analytics.readonly_sql import MalformedQuery, UnsafeQuery, check_read_only
-from daemon.analytics.server import MAX_BODY_BYTES, TOKEN_HEADER, QueryServer
-from daemon.analytics.store import AnalyticsError, ClickHouseStore, open_chdb, query_limits
+from daemon.ops.analytics.readonly_sql import MalformedQuery, UnsafeQuery, check_read_only
+from daemon.ops.analytics.server import MAX_BODY_BYTES, TOKEN_HEADER, QueryServer
+from daemon.ops.analytics.store import AnalyticsError, ClickHouseStore, open_chdb, query_limits
 from schemas.settings import AnalyticsSettings
 
 TOKEN = "t0ken-for-the-test"
@@ -184,7 +184,7 @@ def test_server_refuses_writes(server, tmp_path: Path):
 
 
 def test_server_token_is_compared_in_constant_time(server, monkeypatch):
-    import daemon.analytics.server as srv_module
+    import daemon.ops.analytics.server as srv_module
 
     seen = []
     real = srv_module.hmac.compare_digest
@@ -225,8 +225,8 @@ def test_server_refuses_oversized_bodies_unread(server):
 
 
 def test_client_refuses_to_send_what_the_server_would_refuse(server):
-    from daemon.analytics.access import SinkState
-    from daemon.analytics.server import RemoteStore
+    from daemon.ops.analytics.access import SinkState
+    from daemon.ops.analytics.server import RemoteStore
 
     remote = RemoteStore(SinkState(pid=1, port=server.port, token=TOKEN), "eigenloop")
     with pytest.raises(AnalyticsError, match="query too large"):

@@ -1,6 +1,7 @@
 """Replay rebuilds the batches the live learner coalesced from the recorded updates' group ids,
-and logs written before updates listed them (BlockUpdate v1, joined ids) still verify. No Kafka:
-``replay`` on groups and updates in memory."""
+applies groups in the order the live learner did (a paced learner applies them as decisions come
+due, not in ``learn.groups`` order), and logs written before updates listed them (BlockUpdate v1,
+joined ids) still verify. No Kafka: ``replay`` on groups and updates in memory."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import json
 import pytest
 import torch
 
-from daemon.analytics.replay import replay
 from daemon.eventlog import Position
-from daemon.learning import as_applied, coalesce, recorded_batches
+from daemon.service.learning import as_applied, coalesce, in_applied_order, recorded_batches
+from daemon.tools.replay.rebuild import replay
 from learners.core import LearnerConfig, build_state, step
 from learners.model import ModelConfig
 from schemas import BlockUpdate, GRPOGroup, decode, encode
@@ -81,3 +82,28 @@ def test_replay_verifies_a_log_with_a_coalesced_batch(old_log):
     _, res = replay(tiny(), positions(groups), step, recorded={u.event_id: u for u in recorded})
     assert res.divergence is None, res.divergence.describe()
     assert res.verified == len(recorded) == 6 and res.groups == 5 and res.applied == 5
+
+
+def test_groups_are_replayed_in_the_order_the_learner_applied_them():
+    # the paced learner applied g1 before g0, though the stream processor closed g0 first; g2 had
+    # was dropped (no update) and g3 comes after the batch g4+g5
+    groups = [group(i) for i in range(6)]
+    groups[2] = groups[2].model_copy(update={"status": "skipped", "skip_reason": "partial"})  # dropped
+    state, recorded = tiny(), []
+    for batch in ([groups[1]], [groups[0]], [groups[4], groups[5]], [groups[3]]):
+        state, ups = step(state, coalesce(batch))
+        if len(batch) > 1:
+            ups = [u.model_copy(update={"coalesced": len(batch), "group_ids": [g.group_id for g in batch]})
+                   for u in ups]
+        recorded += ups
+    ordered = in_applied_order(positions(groups), recorded)
+    # g2 changed nothing, so it stays after its neighbour in the log (g1)
+    assert [g.group_id for _, g in ordered] == ["g1", "g2", "g0", "g4", "g5", "g3"]
+    assert [p.offset for p, _ in ordered] == [1, 2, 0, 4, 5, 3]  # each keeps where it was read
+    by_id = {u.event_id: u for u in recorded}
+    _, res = replay(tiny(), ordered, step, recorded=by_id)
+    assert res.divergence is None, res.divergence.describe()
+    assert res.verified == len(recorded) == 8 and res.skipped == 1
+    # in log order the same log diverges at once: the order is what makes it reproducible
+    _, res = replay(tiny(), positions(groups), step, recorded=by_id)
+    assert res.divergence is not None and res.divergence.offset == 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from daemon.analytics.ddl import BY_RECORD, TABLES, columns_for
-from daemon.analytics.migrations import MIGRATIONS, migrate
-from daemon.analytics.store import open_chdb
+from daemon.ops.analytics.ddl import BY_RECORD, TABLES, columns_for
+from daemon.ops.analytics.migrations import MIGRATIONS, migrate
+from daemon.ops.analytics.store import open_chdb
 from schemas import RECORD_TYPES, Action, DepthUpdate, Outcome, Prompt
 
 

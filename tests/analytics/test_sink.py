@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from daemon.analytics.access import reader
-from daemon.analytics.sink import SinkStats, run_sink
+from daemon.ops.analytics.access import reader
+from daemon.ops.analytics.sink import SinkStats, run_sink
 from schemas.settings import Settings
 
 from .helpers import build_log, counts_of, produce

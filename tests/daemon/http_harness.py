@@ -8,8 +8,8 @@ import threading
 import urllib.error
 import urllib.request
 
-from daemon.executors import KillSwitch
-from daemon.http import HttpServer
+from daemon.service.executors import KillSwitch
+from daemon.service.http import HttpServer
 
 TOKEN = "t0ken-for-the-admin-routes"
 

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from daemon.replay.captures import exchange_info
+from daemon.tools.capture_servers.captures import exchange_info
 
 API_KEY = "desk-test-key"
 SECRET = "desk-test-secret"

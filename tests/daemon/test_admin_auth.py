@@ -13,8 +13,8 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from daemon.errors import ConfigError
-from daemon.executors import KillSwitch
-from daemon.http import HttpServer, admin_token_path, resolve_admin_token
+from daemon.service.executors import KillSwitch
+from daemon.service.http import HttpServer, admin_token_path, resolve_admin_token
 from schemas.settings import Settings, SettingsError, load_settings
 from tests.daemon.http_harness import TOKEN, Served
 

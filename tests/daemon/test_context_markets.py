@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon.actor import Actor
-from daemon.context import ContextWindow
-from daemon.run_summary import RunLedger
+from daemon.service.actor import Actor
+from daemon.service.context import ContextWindow
+from daemon.service.run_summary import RunLedger
 from schemas import Action, BookTicker, GRPOGroup, MarketActionSpec, MarketTrade
 from schemas.settings import ActorSettings, GroupConfig, RewardConfig
 

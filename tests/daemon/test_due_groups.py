@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from daemon.due_groups import DueGroups
+from daemon.service.due_groups import DueGroups
 
 BTC, ETH = "binance|BTC/USDT", "binance|ETH/USDT"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.executors import KillSwitch, LiveTradingRefused, PaperExecutor
-from daemon.live_executor import LiveExecutor, LiveVenue
-from daemon.http import HttpServer
+from daemon.service.executors import KillSwitch, LiveTradingRefused, PaperExecutor
+from daemon.service.http import HttpServer
+from daemon.service.live_executor import LiveExecutor, LiveVenue
 from schemas import Action, MarketActionSpec
 from schemas.settings import ExecutorSettings
 

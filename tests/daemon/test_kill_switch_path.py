@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from daemon.executors import KillSwitch, PaperExecutor, kill_switch_path
-from daemon.runtime import Daemon
+from daemon.service.executors import KillSwitch, PaperExecutor, kill_switch_path
+from daemon.service.runtime import Daemon
 from schemas import Action, MarketActionSpec
 from schemas.settings import ExecutorSettings, Settings
 from tests.daemon.http_harness import TOKEN, Served
@@ -107,7 +107,7 @@ def test_http_kill_that_cannot_persist_answers_500_but_stops_orders(tmp_path):
 
 def test_cli_that_cannot_write_the_flag_fails_but_still_stops_the_daemon(tmp_path, clean_env, monkeypatch):
     from daemon.cli import app
-    from daemon.http import resolve_admin_token
+    from daemon.service.http import resolve_admin_token
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")

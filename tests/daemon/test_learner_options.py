@@ -1,6 +1,6 @@
 """A bad learner option fails at start with one readable line, before the broker, the children
 or the model: the settings file only carries ``learner.config`` through, and ``LearnerConfig``
-judges it (``daemon.learner_settings``)."""
+judges it (``daemon.service.learner_settings``)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from daemon.cli_run import check_learner_options
+from daemon.cli.run import check_learner_options
 from daemon.errors import ConfigError
-from daemon.learner_settings import learner_config, learner_config_problem
+from daemon.service.learner_settings import learner_config, learner_config_problem
 from schemas.settings import LearnerSettings, Settings
 
 UNKNOWN_SELECTION = "learner.config: block_selection='top' is unknown; use one of ['all', 'round_robin', 'topk_loss']"
@@ -41,7 +41,7 @@ def test_a_bad_learner_option_is_a_config_error_naming_it(tmp_path: Path, config
 
 
 def test_the_daemon_start_refuses_it_before_loading_the_model(tmp_path: Path):
-    from daemon.runtime import Daemon
+    from daemon.service.runtime import Daemon
 
     daemon = Daemon(_settings(tmp_path, block_selection="top"))
     with pytest.raises(ConfigError, match="block_selection='top' is unknown"):

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from daemon.cli_daemon import live_venues_from_env
-from daemon.executors import KillSwitch
-from daemon.live_executor import LiveExecutor, client_order_id
-from daemon.risk_state import risk_state_path
+from daemon.cli.daemon import live_venues_from_env
+from daemon.service.executors import KillSwitch
+from daemon.service.live_executor import LiveExecutor, client_order_id
+from daemon.service.risk_state import risk_state_path
 from schemas import Action, MarketActionSpec
 from schemas.settings import Settings
 from tests.daemon.order_desk import API_KEY, SECRET, OrderDesk

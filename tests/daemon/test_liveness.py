@@ -9,10 +9,10 @@ import time
 import aiohttp
 import torch
 
-from daemon import metrics
-from daemon.executors import KillSwitch
-from daemon.heartbeat import LoopHeartbeat, liveness, model_loaded
-from daemon.http import HttpServer
+from daemon.service import metrics
+from daemon.service.executors import KillSwitch
+from daemon.service.heartbeat import LoopHeartbeat, liveness, model_loaded
+from daemon.service.http import HttpServer
 
 
 async def _until(predicate, timeout: float = 10.0, step: float = 0.02) -> None:

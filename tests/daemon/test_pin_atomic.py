@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from daemon import snapshots
-from daemon.executors import KillSwitch
-from daemon.http import HttpServer
-from daemon.policy import ResidentPolicy
-from daemon.runtime import Daemon
+from daemon.service import snapshots
+from daemon.service.executors import KillSwitch
+from daemon.service.http import HttpServer
+from daemon.service.policy import ResidentPolicy
+from daemon.service.runtime import Daemon
 from learners.core import LearnerConfig, block_checksum, build_state, step
 from learners.model import ModelConfig
 from learners.snapshot import pin_blocks, save_snapshot, snapshot_under

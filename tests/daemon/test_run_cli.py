@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from daemon.cli import app
-from daemon.cli_run import status_line
+from daemon.cli.run import status_line
 
 REPO = Path(__file__).resolve().parents[2]
 EIGENLOOP = Path(sys.executable).parent / "eigenloop"
@@ -102,7 +102,7 @@ def test_sigterm_while_the_model_bootstraps_stops_the_broker_the_run_started(tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        from daemon import kafka_local
+        from daemon.ops import kafka_local
 
         leaked = kafka_local.stop(data)  # never leave a broker behind, whatever the run did
     out = "".join(lines)

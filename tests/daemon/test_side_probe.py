@@ -4,8 +4,8 @@ import pytest
 import torch
 from prometheus_client import REGISTRY
 
-from daemon.policy import ResidentPolicy
-from daemon.side_probe import export_side_probe
+from daemon.service.policy import ResidentPolicy
+from daemon.service.side_probe import export_side_probe
 from learners.core import LearnerConfig, build_state
 from learners.model import ModelConfig
 from learners.probe import imbalance_gap, imbalance_probe

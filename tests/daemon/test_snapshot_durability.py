@@ -14,9 +14,9 @@ import pytest
 from prometheus_client import REGISTRY
 from safetensors.torch import load_file, save_file
 
-from daemon import snapshots
-from daemon.learner_loop import combined_checksum, model_checksum
-from daemon.runtime import load_or_bootstrap
+from daemon.service import snapshots
+from daemon.service.learner_loop import combined_checksum, model_checksum
+from daemon.service.runtime import load_or_bootstrap
 from learners.core import LearnerConfig, block_checksum, build_state, step
 from learners.snapshot import SnapshotUnreadable
 from schemas import GRPOGroup

@@ -135,7 +135,7 @@ class ReplayThread:
     """The replay servers on their own event loop in a thread, so sync tests can drive processes."""
 
     def __init__(self, data_path: Path, **kw):
-        from daemon.replay import ReplayCluster
+        from daemon.tools.capture_servers import ReplayCluster
 
         self.loop = asyncio.new_event_loop()
         self.cluster = ReplayCluster(data_path, **kw)
@@ -171,7 +171,7 @@ def wait_status(port: int, ok, timeout: float, proc: Proc) -> dict:
 def clean_replay(initial: Path, groups, upto_offset: int | None = None):
     """Apply ``groups`` (log order) to the initial snapshot with the learner's pure step;
     returns (state, updates). The reference every live run must reproduce."""
-    from daemon.learning import first_occurrences
+    from daemon.service.learning import first_occurrences
     from learners.core import step
     from learners.snapshot import load_snapshot
 

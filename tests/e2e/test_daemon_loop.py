@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from daemon.learner_loop import model_checksum
+from daemon.service.learner_loop import model_checksum
 from schemas import Action, BlockUpdate, DeadLetter, GRPOGroup, MarketTrade, SnapshotMarker
 
 from harness import Proc, ReplayThread, clean_replay, http_port, install_snapshot, loop_settings, read_all, \

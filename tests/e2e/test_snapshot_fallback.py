@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from daemon import snapshots
-from daemon.learner_loop import model_checksum
+from daemon.service import snapshots
+from daemon.service.learner_loop import model_checksum
 from schemas import GRPOGroup, SnapshotMarker
 
 from harness import Proc, ReplayThread, clean_replay, http_port, install_snapshot, loop_settings, read_all, \

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.efficacy.captures import discover, load
-from daemon.efficacy.config import DEFAULT_CAPTURES, EfficacyConfig
+from daemon.tools.efficacy.captures import discover, load
+from daemon.tools.efficacy.config import DEFAULT_CAPTURES, EfficacyConfig
 from streams.capture import CaptureFormatError
 
 SETS = ["exchange_binance", "exchange_binance_2023-04"]

@@ -24,7 +24,7 @@ def test_bad_fees_fail_with_one_line():
 
 def _configs_for(monkeypatch, args: list[str]) -> list:
     """The EfficacyConfig each invocation would run with (the benchmark itself is stubbed out)."""
-    import daemon.efficacy
+    import daemon.tools.efficacy
 
     seen = []
 
@@ -32,7 +32,7 @@ def _configs_for(monkeypatch, args: list[str]) -> list:
         seen.append(cfg)
         return {"fees": {}}
 
-    monkeypatch.setattr(daemon.efficacy, "run_efficacy", fake_run)
+    monkeypatch.setattr(daemon.tools.efficacy, "run_efficacy", fake_run)
     result = CliRunner().invoke(app, ["bench", "efficacy", "--out", "/nonexistent/x", *args])
     assert result.exit_code == 0, result.output
     return seen

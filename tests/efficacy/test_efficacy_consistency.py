@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.efficacy import EfficacyConfig, run_efficacy
+from daemon.tools.efficacy import EfficacyConfig, run_efficacy
 from learners.grammar import Invalid, parse_action
 from schemas.market import MarketFeatures
 from schemas.settings import RewardConfig
@@ -141,9 +141,9 @@ def test_learned_rewards_come_from_the_reward_function(run, quotes):
 
 def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
     """Hand-written candidates (the tiny model seldom parses) through the driver's close path."""
-    from daemon.actor import Decision, clamp_horizon
-    from daemon.efficacy.driver import LoopDriver, _Open
-    from daemon.policy import ResidentPolicy
+    from daemon.service.actor import Decision, clamp_horizon
+    from daemon.service.policy import ResidentPolicy
+    from daemon.tools.efficacy.driver import LoopDriver, _Open
     from learners.core import LearnerConfig, build_state
     from schemas import Action
     from schemas.settings import ActorSettings, GroupConfig
@@ -177,7 +177,7 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
             assert rec["rewards"][5] == cfg.min_reward
             assert rec["learned"] == rec["rewards"][0] and rec["learned_unit"] == rec["rewards"][0]
             assert policy.policy_version == version + 1, "a group with spread must move the learner"
-    from daemon.side_probe import probe_policy as probe
+    from daemon.service.side_probe import probe_policy as probe
     from learners.probe import PROBE_IMBALANCES
 
     # the probe is exact, so it needs the sequential sampler: the same tiny model, one byte per step

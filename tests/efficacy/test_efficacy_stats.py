@@ -11,12 +11,12 @@ import math
 
 import pytest
 
-from daemon.efficacy.config import EfficacyConfig
-from daemon.efficacy.markdown import render_markdown
-from daemon.efficacy.report import summarise
-from daemon.efficacy.stats import (by_capture, paired, paired_report, paired_table, pool_seeds, probe_gap,
+from daemon.tools.efficacy.config import EfficacyConfig
+from daemon.tools.efficacy.markdown import render_markdown
+from daemon.tools.efficacy.report import summarise
+from daemon.tools.efficacy.stats import (by_capture, paired, paired_report, paired_table, pool_seeds, probe_gap,
                                    spread)
-from daemon.efficacy.targets import evaluate, facts, mean_facts
+from daemon.tools.efficacy.targets import evaluate, facts, mean_facts
 
 
 def rec(learned: float, random: float = 0.0, heuristic: float = 0.0, *, capture: str = "a.gz", t0: int = 0,
@@ -211,7 +211,7 @@ def test_config_seeds_and_one_config_per_seed():
 
 
 def test_curve_draws_several_seeds_and_their_probes(tmp_path):
-    from daemon.efficacy.plots import write_curve
+    from daemon.tools.efficacy.plots import write_curve
 
     runs = two_seed_runs()
     runs[1]["probes"].insert(0, probe_at(0, high=(0.3, 0.3), low=(0.3, 0.3)))

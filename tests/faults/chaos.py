@@ -25,12 +25,14 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from daemon import kafka_local
+from daemon.ops import kafka_local
+
+from daemon.eventlog import broker_address
 from daemon.eventlog import read_range
 from daemon.eventlog.admin import ensure_topics
 from daemon.eventlog.connection import client_kwargs, topic
-from daemon.learner_loop import model_checksum
-from daemon.supervisor import Child, child_env
+from daemon.ops.supervisor import Child, child_env
+from daemon.service.learner_loop import model_checksum
 from schemas import Action, DeadLetter, GRPOGroup, SnapshotMarker
 from schemas.settings import (ActorSettings, GroupConfig, GuardSettings, HttpSettings, KafkaSettings, LearnerSettings,
                               Settings)
@@ -97,7 +99,7 @@ def _dead_letter_counts(letters: list[DeadLetter], ws_marker: str) -> tuple[int,
 
 async def run_chaos(work: Path, shared_data: Path, initial_snapshot: Path, *, kills: int, ws_frames: int,
                     kafka_records: int, seed: int, speed: float) -> Figures:
-    from daemon.replay import ReplayCluster
+    from daemon.tools.capture_servers import ReplayCluster
 
     rng = random.Random(seed)
     fig = Figures()
@@ -197,7 +199,7 @@ async def run_chaos(work: Path, shared_data: Path, initial_snapshot: Path, *, ki
             st = await status()
             return st is not None and st.get("learn_lag") == 0
         await _wait(caught_up, 300, "the learner to catch up")
-        fig.alive_at_end = dict(sup.alive(), broker=kafka_local.broker_answers(info.bootstrap))
+        fig.alive_at_end = dict(sup.alive(), broker=broker_address.broker_answers(info.bootstrap))
         fig.restarts = {c.name: c.restarts for c in sup.children}
     finally:
         await sup.stop()

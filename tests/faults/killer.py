@@ -7,7 +7,7 @@
 - Whom: the victims come from a shuffled, balanced list (daemon, streams worker, sink). A child
   is eligible only once it is up: its own ready line is in its log after its latest start.
   When the slot's victim is still starting, the first ready one further down the list goes.
-- In which state: the daemon announces, through its opt-in fault hook (``daemon.fault_hook``),
+- In which state: the daemon announces, through its opt-in fault hook (``daemon.service.fault_hook``),
   the windows "apply" (the model has stepped, its updates are not yet published) and
   "snapshot" (written under the temporary name, not yet renamed). Applying takes milliseconds,
   so a harness that reads a log line and then kills nearly always lands after it: for two
@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from daemon.supervisor import Child, Supervisor
+from daemon.ops.supervisor import Child, Supervisor
 
 READY_LINES = {"daemon": b"daemon started", "streams": b"streams worker ready", "sink": b"analytics sink running"}
-WINDOWS = ("apply", "snapshot")  # the daemon's fault-hook windows (daemon.learner_loop, daemon.snapshots)
+WINDOWS = ("apply", "snapshot")  # the daemon's fault-hook windows (daemon.service.learner_loop, daemon.service.snapshots)
 READY_TIMEOUT_S = 300.0  # a restarted daemon loads torch and the model on a loaded 2-core machine
 HOLD_MIN_S = 5.0  # an armed window may take until its slot ends, and at least this long
 POLL_S = 0.02

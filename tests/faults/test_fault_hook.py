@@ -1,4 +1,4 @@
-"""The opt-in fault hook (``daemon.fault_hook``) and the harness's reading of it (``killer``)."""
+"""The opt-in fault hook (``daemon.service.fault_hook``) and the harness's reading of it (``killer``)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-from daemon import fault_hook
+from daemon.service import fault_hook
 from killer import Moments, kill_times, tenths, victim_list
 
 # a stand-in for the daemon: it opens the "apply" window the way the learner loop does
 CHILD = """
 import asyncio
-from daemon import fault_hook
+from daemon.service import fault_hook
 async def main():
     await fault_hook.reached_async("apply")
     fault_hook.left("apply")

@@ -4,7 +4,7 @@ EIGENLOOP_FAULTS_KILLS sets the number of kill -9s (default 10; `make faults` us
 correctness figures, the test checks where the kills landed: spread over the whole chaos window,
 from the learner's first group to the replay's last line (no tenth of it holds more than twice
 its share, the last kill in its final fifth), and a third or more of the daemon kills inside its
-apply or snapshot windows, as the daemon itself recorded (``daemon.fault_hook``, ``killer``)."""
+apply or snapshot windows, as the daemon itself recorded (``daemon.service.fault_hook``, ``killer``)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from schemas.settings import KafkaSettings, Settings
 import pytest
 
-from daemon import cli_run, cli_streams
+from daemon.cli import run as cli_run, streams as cli_streams
 from daemon.errors import ConfigError
 from schemas.settings import StreamsSettings
 from streams.flink_job import from_settings, latest_checkpoint, restore_path, sink_ddl, source_ddl

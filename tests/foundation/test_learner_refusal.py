@@ -8,8 +8,8 @@ import asyncio
 from aiokafka import ConsumerRecord
 from prometheus_client import REGISTRY
 
-from daemon.learner_loop import LearnerLoop
-from daemon.policy import ResidentPolicy
+from daemon.service.learner_loop import LearnerLoop
+from daemon.service.policy import ResidentPolicy
 from learners.core import LearnerConfig, build_state
 from learners.model import ModelConfig
 from schemas import BlockUpdate, DeadLetter, GRPOGroup, decode, encode

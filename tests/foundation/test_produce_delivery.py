@@ -335,9 +335,9 @@ def test_broker_outage_longer_than_request_timeout_loses_nothing(tmp_path: Path)
     actions and updates are being sent, stays away well past ``request_timeout_ms``, and comes
     back. Every event is in the log after event_id dedupe, per key in send order, and the
     failures really happened (so the re-send path is what saved them)."""
-    from daemon import kafka_local
     from daemon.eventlog import read_range
     from daemon.eventlog.admin import ensure_topics
+    from daemon.ops import kafka_local
 
     broker_dir = tmp_path / "broker"
     n, topics = 1500, ("agent.actions", "learn.updates")

@@ -8,9 +8,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.guard import CollapseGuard
-from daemon.policy import ResidentPolicy
-from daemon.snapshots import write_snapshot
+from daemon.service.guard import CollapseGuard
+from daemon.service.policy import ResidentPolicy
+from daemon.service.snapshots import write_snapshot
 from learners.core import LearnerConfig
 from learners.diversity import action_key
 from learners.model import ModelConfig

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.guard import CollapseGuard, GuardConfig
-from daemon.policy import ResidentPolicy
+from daemon.service.guard import CollapseGuard, GuardConfig
+from daemon.service.policy import ResidentPolicy
 from learners.snapshot import load_snapshot
 from tests.guard.harness import Run, drive, probe_set
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.analytics.collapse import compute, diversity_trend
-from daemon.analytics.store import Result
+from daemon.ops.analytics.collapse import compute, diversity_trend
+from daemon.ops.analytics.store import Result
 from schemas import BlockUpdate, GRPOGroup, GuardAction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,9 +86,9 @@ def test_windows_blocks_and_verdict_from_rows():
 
 _WRITE = """
 import sys
-from daemon.analytics.collapse import views
-from daemon.analytics.ddl import BY_RECORD, KAFKA_COLUMNS
-from daemon.analytics.store import open_chdb
+from daemon.ops.analytics.collapse import views
+from daemon.ops.analytics.ddl import BY_RECORD, KAFKA_COLUMNS
+from daemon.ops.analytics.store import open_chdb
 from tests.guard.test_collapse_report import synthetic_log
 
 store = open_chdb(__import__("pathlib").Path(sys.argv[1]))
@@ -99,7 +99,7 @@ for name in ("groups", "block_updates", "guard_actions"):
 for stmt in views(store.database):
     store.command(stmt)
 for offset, ev in enumerate(ev for events in synthetic_log() for ev in events):
-    spec = BY_RECORD[type(ev)]  # the row the sink would write (daemon.analytics.sink.rows_for)
+    spec = BY_RECORD[type(ev)]  # the row the sink would write (daemon.ops.analytics.sink.rows_for)
     cols = spec.columns()
     store.insert(f"{store.database}.{spec.name}", [[c.get(ev) for c in cols] + ["t", 0, offset]],
                  [c.name for c in cols] + [n for n, _ in KAFKA_COLUMNS])

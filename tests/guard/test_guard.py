@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from daemon.guard import CollapseGuard, GuardConfig
-from daemon.policy import ResidentPolicy
-from daemon.snapshots import write_snapshot
+from daemon.service.guard import CollapseGuard, GuardConfig
+from daemon.service.policy import ResidentPolicy
+from daemon.service.snapshots import write_snapshot
 from learners.core import LearnerConfig, block_checksum, build_state
 from learners.model import ModelConfig
 from learners.snapshot import load_snapshot, save_snapshot

@@ -23,8 +23,8 @@ def test_unknown_preset_is_refused_by_name():
 
 
 def test_the_daemons_cpu_learner_is_the_efficacy_benchmarks():
-    from daemon.efficacy.config import EfficacyConfig
-    from daemon.learner_settings import learner_config
+    from daemon.service.learner_settings import learner_config
+    from daemon.tools.efficacy.config import EfficacyConfig
     from schemas.settings import LearnerSettings, Settings
 
     daemon = asdict(learner_config(Settings(learner=LearnerSettings(device="cpu"))))

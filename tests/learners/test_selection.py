@@ -7,7 +7,7 @@ import typing
 
 import pytest
 
-from daemon.learner_settings import learner_config
+from daemon.service.learner_settings import learner_config
 from learners.config import LearnerConfig
 from learners.core import build_state
 from learners.model import ModelConfig

@@ -338,8 +338,8 @@ def test_additional_rules_are_appended():
 def test_dashboard_queries_tables_the_migrations_create():
     import json
 
-    from daemon.analytics import migrations
-    from daemon.analytics.ddl import TABLES
+    from daemon.ops.analytics import migrations
+    from daemon.ops.analytics.ddl import TABLES
 
     created = {t.name for t in TABLES}
     created |= set(re.findall(r"CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS \{db\}\.(\w+)",

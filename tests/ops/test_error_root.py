@@ -1,4 +1,4 @@
-"""One exception root for the daemon (issue 19): every exception class defined under daemon/
+"""One exception root for the daemon: every exception class defined under daemon/
 derives from ``daemon.errors.EigenloopError``, so ``except EigenloopError`` at the CLI's edge
 catches every failure the daemon reports on purpose. Read with ast, never imported.
 
@@ -21,7 +21,7 @@ BUILTIN_EXCEPTIONS = {name for name, obj in vars(builtins).items()
 ALLOWED = {
     # control flow, not a failure: a stop signal during `eigenloop run`'s start-up, caught by its
     # caller; under the root, an `except EigenloopError` on the way would swallow the stop
-    ("daemon.cli_run", "Stopped"): "a stop, not an error",
+    ("daemon.cli.run", "Stopped"): "a stop, not an error",
     # wraps a sink failure inside the reconnect loop and never leaves the module (the loop
     # re-raises its cause)
     ("daemon.sources.social", "_SinkError"): "module-internal wrapper",
@@ -76,4 +76,4 @@ def test_the_check_notices_an_unrooted_error():
     classes = {("m", "EigenloopError"): ["RuntimeError"], ("m", "Good"): ["EigenloopError"],
                ("m", "Bad"): ["ValueError"], ("m", "Worse"): ["Bad"], ("m", "Plain"): ["object"]}
     assert unrooted(classes) == [("m", "Bad"), ("m", "Worse")]
-    assert ("daemon.kafka_local", "BrokerError") in daemon_classes()
+    assert ("daemon.eventlog.broker_address", "BrokerError") in daemon_classes()

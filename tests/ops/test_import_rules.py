@@ -1,4 +1,4 @@
-"""The import rules of DESIGN.md ("Layout"), as a test (issue 19).
+"""The import rules of DESIGN.md ("Layout"), as a test.
 
 Every module of daemon/, streams/, learners/ and schemas/ is parsed with ast, never imported
 (``tests/ops/import_graph.py``), and every import statement is read: module level, inside functions, under ``if TYPE_CHECKING`` and in
@@ -16,6 +16,11 @@ computed name fails the test: it would hide the import from it). The rules:
 3. No private names across modules: no ``from m import _x`` and no ``m._x`` where ``m`` is an
    imported project module. A private *module* (``pkg/_impl.py``) may be imported from inside
    ``pkg``; that is what the underscore says.
+
+4. Rooms inside ``daemon/``: ``eventlog`` and ``sources`` (I/O) import only the shared ``base``
+   modules; ``service`` (the always-on process) adds the I/O rooms; ``ops`` (local broker,
+   supervisor, analytics) adds the event log; ``tools`` (capture servers, efficacy, replay) add
+   the service; ``cli`` may import every room. Nothing imports upwards (``DAEMON_ROOMS_BELOW``).
 
 ``learners`` is "torch only; no Kafka": no learners module imports a Kafka, Faust or exchange
 client, neither itself nor through what it imports at import time (this absorbs the learners-only
@@ -44,6 +49,28 @@ FORBIDDEN = {
 FORBIDDEN_THIRD_PARTY = {
     "learners": {"kafka", "aiokafka", "faust", "ccxt", "confluent_kafka", "pyflink"},
 }
+
+# Inside daemon/, each room imports only the rooms below it. ``base`` is what every room shares
+# (errors, logging, process checks); ``cli`` sits on top and may import every room.
+DAEMON_ROOMS_BELOW = {
+    "base": set(),
+    "eventlog": {"base"},  # I/O: the Kafka event log
+    "sources": {"base"},  # I/O: exchange and social websockets
+    "service": {"base", "eventlog", "sources"},  # the always-on process
+    "ops": {"base", "eventlog"},  # local broker, supervisor, analytics sink and store
+    "tools": {"base", "eventlog", "sources", "service"},  # capture servers, efficacy, replay
+    "cli": {"base", "eventlog", "sources", "service", "ops", "tools"},
+}
+
+
+def daemon_room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "daemon":
+        return None
+    if len(parts) > 1 and parts[1] in DAEMON_ROOMS_BELOW:
+        return parts[1]
+    return "base"  # daemon/__init__.py and the shared top-level modules
+
 
 # Violations left in files that another change is editing, each with the file that must change;
 # remove an entry once its fix lands (the test then insists). Empty: none remain (issue 19).
@@ -76,6 +103,17 @@ def direction_violations() -> dict[tuple[str, str], list[str]]:
     for i in all_imports():
         banned = FORBIDDEN.get(i.importer.split(".")[0], set())
         if i.target.split(".")[0] in banned:
+            out.setdefault((i.importer, i.target), []).append(where(i))
+    return out
+
+
+def room_violations() -> dict[tuple[str, str], list[str]]:
+    out: dict[tuple[str, str], list[str]] = {}
+    for i in all_imports():
+        here, there = daemon_room(i.importer), daemon_room(i.target)
+        if here is None or there is None or here == there or i.type_only:
+            continue
+        if there not in DAEMON_ROOMS_BELOW[here]:
             out.setdefault((i.importer, i.target), []).append(where(i))
     return out
 
@@ -118,23 +156,25 @@ def test_the_walk_sees_the_whole_tree():
     edges = {(i.importer, i.target) for i in all_imports()}
     assert ("learners.sampler", "learners.model") in edges
     assert any(i.type_only for i in all_imports()), "the `if TYPE_CHECKING:` imports are read"
-    assert any(i.importer == "daemon.cli" and i.target.startswith("daemon.cli_") for i in all_imports())
+    assert any(i.importer == "daemon.cli" and i.target.startswith("daemon.cli.") for i in all_imports())
 
 
 def test_the_checks_notice_violations():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
-    assert private_module_ok("daemon.replay.binance_server", "daemon.replay._serving")
-    assert not private_module_ok("daemon.runtime", "daemon.replay._serving")
+    assert private_module_ok("daemon.tools.capture_servers.binance_server", "daemon.tools.capture_servers._serving")
+    assert not private_module_ok("daemon.service.runtime", "daemon.tools.capture_servers._serving")
     probe = Reader("daemon.probe")
-    probe.visit(ast.parse("import daemon.cli as c\nfrom daemon import cli_kafka\n"
-                          "def f():\n    from streams.app import _x\n    return c._y, cli_kafka._z, c.app"))
+    probe.visit(ast.parse("import daemon.cli as c\nfrom daemon.cli import kafka\n"
+                          "def f():\n    from streams.app import _x\n    return c._y, kafka._z, c.app"))
     found = {(i.target, i.private) for i in probe.imports}
-    assert {("daemon.cli", "_y"), ("daemon.cli_kafka", "_z"), ("streams.app", "_x")} <= found
+    assert {("daemon.cli", "_y"), ("daemon.cli.kafka", "_z"), ("streams.app", "_x")} <= found
     assert ("daemon.cli", "app") not in found
     assert {e.name for e in probe.external} == set()  # project imports only
     assert "torch" in {e.name for e in read_all()[1] if e.importer.startswith("learners.")}
-    assert "daemon.kafka_local" in import_time_closure("daemon.eventlog.connection")
+    assert "daemon.procs" in import_time_closure("daemon.eventlog.connection")  # via broker_address
+    assert daemon_room("daemon.service.actor") == "service" and daemon_room("daemon.errors") == "base"
+    assert daemon_room("daemon.cli") == "cli" and daemon_room("streams.app") is None
 
 
 
@@ -152,6 +192,14 @@ def test_import_directions():
     msg = _report(direction_violations(), ALLOWED_DIRECTION, "forbidden imports",
                   "schemas imports nothing of ours; learners and streams import neither each other nor "
                   "daemon; pass what they need in from daemon")
+    assert not msg, "\n".join(msg)
+
+
+def test_daemon_rooms_import_only_the_rooms_below_them():
+    assert set(DAEMON_ROOMS_BELOW) == {daemon_room(m) for m in modules() if m.startswith("daemon")}, \
+        "every daemon/ subpackage is a room with its rules here"
+    msg = _report(room_violations(), set(), "daemon rooms importing upwards",
+                  "move the shared part down into the lower room, or pass it in from the caller")
     assert not msg, "\n".join(msg)
 
 

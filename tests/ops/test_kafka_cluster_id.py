@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from daemon import kafka_local
+from daemon.ops import kafka_local
 
 
 def test_a_cluster_id_that_would_start_with_a_dash_is_drawn_again(monkeypatch):

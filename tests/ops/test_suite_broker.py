@@ -43,7 +43,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_suite_script_stops_the_broker_it_started_and_no_other(tmp_path: Path):
-    from daemon import kafka_local
+    from daemon.ops import kafka_local
 
     suite = tmp_path / "suite"
     inner = tmp_path / "test_inner.py"

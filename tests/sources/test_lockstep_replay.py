@@ -1,5 +1,5 @@
 """A loop-paced replay: one line in flight at a time, in recorded order, nothing lost through
-ccxt, and the same records on every run (``daemon.replay.lockstep``, ``daemon.pace``)."""
+ccxt, and the same records on every run (``daemon.tools.capture_servers.lockstep``, ``daemon.sources.pace``)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import json
 import websockets
 from source_helpers import Collector, run
 
-from daemon.pace import PaceLink
-from daemon.replay import ReplayCluster
 from daemon.sources.market import MarketSource
+from daemon.sources.pace import PaceLink
+from daemon.tools.capture_servers import ReplayCluster
 
 SPAN_S = 4.0
 
@@ -93,7 +93,7 @@ def test_through_ccxt_every_recorded_line_becomes_a_record_and_two_runs_agree(da
 
 
 def test_a_loop_plays_the_captures_again_time_shifted_with_fresh_trade_ids(data_root):
-    from daemon.replay.lockstep import PASS_GAP_NS, TRADE_ID_STEP
+    from daemon.tools.capture_servers.lockstep import PASS_GAP_NS, TRADE_ID_STEP
 
     expected = [json.loads(p)["data"] for p in recorded(data_root, "spot", "btcusdt", ("btcusdt@trade",), 1.0)]
 

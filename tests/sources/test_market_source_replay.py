@@ -8,12 +8,14 @@ import random
 
 import pytest
 from source_helpers import Collector, capture_data, run
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
 from daemon.errors import ConfigError
-from daemon.replay.binance_server import BinanceReplayServer
 from daemon.sources import metrics
 from daemon.sources.ccxt_glue import make_exchange
 from daemon.sources.market import MarketSource
+from daemon.tools.capture_servers.binance_server import BinanceReplayServer
 from schemas.settings import ExchangeSettings, SourcesSettings
 
 SPOT, USDM = "BTC/USDT", "BTC/USDT:USDT"
@@ -45,14 +47,20 @@ def test_trades_and_book_tickers_match_the_capture_spot_and_usdm(data_root):
 
     async def body():
         sink = Collector()
-        async with BinanceReplayServer(data_root, {"spot": ["BTCUSDT"], "usdm": ["BTCUSDT"]}, speed=20) as srv:
-            src = MarketSource(_settings(srv), sink, trades_limit=50_000)
-            async with src:
-                await _subscribed(srv, ["spot", "usdm"])
-                srv.play()
-                await sink.wait(lambda c: all(len(c.of("market.trade", exchange=x)) >= 300 and
-                                              len(c.of("market.book_ticker", exchange=x)) >= 20
-                                              for x in truth), 60, "trades and book tickers from both markets")
+        with capture_logs(processors=[merge_contextvars]) as logs:
+            async with BinanceReplayServer(data_root, {"spot": ["BTCUSDT"], "usdm": ["BTCUSDT"]}, speed=20) as srv:
+                src = MarketSource(_settings(srv), sink, trades_limit=50_000)
+                async with src:
+                    await _subscribed(srv, ["spot", "usdm"])
+                    srv.play()
+                    await sink.wait(lambda c: all(len(c.of("market.trade", exchange=x)) >= 300 and
+                                                  len(c.of("market.book_ticker", exchange=x)) >= 20
+                                                  for x in truth), 60, "trades and book tickers from both markets")
+        # each stream's task binds its ids once: every line it writes says which stream it is
+        ups = [e for e in logs if e["event"] == "market.stream_up"]
+        assert sorted((e["task"], e["exchange"], e["symbol"], e["channel"]) for e in ups) == \
+            sorted(("market", st.exchange, st.symbol, st.channel) for st in src.states)
+        assert not [e for e in logs if e["event"] == "market.started" and "symbol" in e], "ids leaked out of a task"
         for ex, rows in truth.items():
             trades = sink.of("market.trade", exchange=ex)
             # subscribed before the replay started: the trades are the capture's, from its first,

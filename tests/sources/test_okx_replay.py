@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from source_helpers import Collector, run
 
-from daemon.replay.okx_server import REPLAY_OPTIONS, OkxReplayServer, read_recording
 from daemon.sources import metrics
 from daemon.sources.ccxt_glue import make_exchange, okx_frame_problem
 from daemon.sources.market import MarketSource
+from daemon.tools.capture_servers.okx_server import REPLAY_OPTIONS, OkxReplayServer, read_recording
 
 INST, SYM = "BTC-USDT", "BTC/USDT"
 

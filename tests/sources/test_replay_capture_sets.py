@@ -16,8 +16,8 @@ from source_helpers import run
 from structlog.testing import capture_logs
 
 from daemon.errors import ReplayError
-from daemon.replay.binance_server import BinanceReplayServer
-from daemon.replay.captures import find_captures
+from daemon.tools.capture_servers.binance_server import BinanceReplayServer
+from daemon.tools.capture_servers.captures import find_captures
 
 SET_2023 = "exchange_binance_2023-04"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from source_helpers import Collector, run
 
-from daemon.replay import ReplayCluster
 from daemon.sources.market import MarketSource
 from daemon.sources.social import JetstreamSource
+from daemon.tools.capture_servers import ReplayCluster
 
 
 def test_cluster_feeds_market_and_social_sources_including_books(data_root):

@@ -13,8 +13,8 @@ import websockets
 from source_helpers import capture_lines, run
 
 from daemon.errors import ReplayError
-from daemon.replay.binance_server import BinanceReplayServer
-from daemon.replay.jetstream_server import JetstreamReplayServer
+from daemon.tools.capture_servers.binance_server import BinanceReplayServer
+from daemon.tools.capture_servers.jetstream_server import JetstreamReplayServer
 
 
 def test_binance_subscribe_reply_then_recorded_lines_byte_for_byte_and_resume(data_root):

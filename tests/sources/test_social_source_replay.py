@@ -8,9 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from source_helpers import Collector, run
 
-from daemon.replay.jetstream_server import JetstreamReplayServer
 from daemon.sources import metrics
 from daemon.sources.social import JetstreamSource
+from daemon.tools.capture_servers.jetstream_server import JetstreamReplayServer
 
 WANTED = ("app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.feed.repost")
 

@@ -9,10 +9,10 @@ import time
 
 from source_helpers import Collector, run
 
-from daemon.replay.binance_server import BinanceReplayServer
 from daemon.sources import up_down
 from daemon.sources.market import MarketSource
 from daemon.sources.social import JetstreamSource
+from daemon.tools.capture_servers.binance_server import BinanceReplayServer
 from schemas.settings import ExchangeSettings
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from source_helpers import Collector, capture_data, run
 
-from daemon.actor import Actor
-from daemon.context import ContextWindow
 from daemon.eventlog import EventProducer, read_range
-from daemon.replay.binance_server import BinanceReplayServer
-from daemon.replay.okx_server import REPLAY_OPTIONS, OkxReplayServer
+from daemon.service.actor import Actor
+from daemon.service.context import ContextWindow
 from daemon.sources.market import MarketSource
+from daemon.tools.capture_servers.binance_server import BinanceReplayServer
+from daemon.tools.capture_servers.okx_server import REPLAY_OPTIONS, OkxReplayServer
 from schemas import Action, BookTicker, MarketTrade, MarketWatermark, Outcome
 from schemas.codec import decode, encode
 from schemas.settings import ActorSettings, ExchangeSettings, GroupConfig, RewardConfig
