@@ -91,6 +91,19 @@ def compute_advantages(groups: Sequence[Sequence[float]], scale_rewards: ScaleRe
     return out
 
 
+def outcome_final(horizon_end_ns: int, event_time_ns: int) -> bool:
+    """Whether a candidate's outcome can be scored once the market has reached ``event_time_ns``:
+    only a record strictly after its horizon proves that the book path up to the horizon is
+    complete (another record with the horizon's own timestamp may still come)."""
+    return horizon_end_ns < event_time_ns
+
+
+def all_in(horizon_ends_ns: Sequence[int], event_time_ns: int) -> bool:
+    """Whether every candidate of a group is final at ``event_time_ns``: the group closes
+    ``all_in``."""
+    return all(outcome_final(h, event_time_ns) for h in horizon_ends_ns)
+
+
 def window_end_ns(t0_ns: int, horizon_ends_ns: Sequence[int], grace_s: float) -> int:
     """The group's window end in event time: its longest horizon plus the grace period."""
     return max([t0_ns, *horizon_ends_ns]) + round(grace_s * 1e9)

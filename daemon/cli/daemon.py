@@ -69,7 +69,7 @@ async def serve_daemon(settings, *, live_ack: bool, stop: asyncio.Event | None =
         loop.add_signal_handler(sig, stop.set)
     await daemon.start()
     typer.echo(json.dumps({"daemon": "started", "http_port": daemon.http_port,
-                           "policy_version": daemon.service.policy.policy_version}), err=True)
+                           "policy_version": daemon.policy.policy_version}), err=True)
     failed = await daemon.run_until(stop)
     await daemon.stop()
     if failed is not None:

@@ -14,7 +14,7 @@ import torch
 
 from schemas import Action, BookTicker, GRPOGroup, MarketActionSpec
 from schemas.settings import GroupConfig, RewardConfig, Settings
-from schemas.topics import CATALOGUE
+from schemas.topics import CATALOGUE, topic_name
 
 from .helpers import cli_env
 
@@ -145,7 +145,7 @@ def test_what_if_writes_only_shadow_topics(kafka_settings: Settings, tmp_path: P
     log, updates = recorded_run()
     asyncio.run(_produce(kafka_settings, log, updates))
     production = [t.name for t in CATALOGUE]
-    prod_names = [kafka_settings.kafka.topic_prefix + n for n in production]
+    prod_names = [topic_name(n, kafka_settings.kafka.topic_prefix) for n in production]
     before = asyncio.run(_end_offsets(kafka_settings, prod_names))
     cfg = tmp_path / "reward.yaml"
     cfg.write_text("reward:\n  kind: risk_adjusted\n  fee_bps: 0.0\n  drawdown_penalty: 0.0\n")
@@ -158,11 +158,12 @@ def test_what_if_writes_only_shadow_topics(kafka_settings: Settings, tmp_path: P
     assert after == before, "a production topic was written"
     prefix = out["shadow_prefix"]
     assert prefix.startswith(kafka_settings.kafka.topic_prefix + "whatif-")
-    shadow = asyncio.run(_end_offsets(kafka_settings, [prefix + t for t in ("agent.outcomes", "learn.groups")]))
+    shadow_names = {t: topic_name(t, prefix) for t in ("agent.outcomes", "learn.groups")}
+    shadow = asyncio.run(_end_offsets(kafka_settings, list(shadow_names.values())))
     by_topic: dict[str, int] = {}
     for key, end in shadow.items():
         by_topic[key.rsplit(":", 1)[0]] = by_topic.get(key.rsplit(":", 1)[0], 0) + end
-    assert by_topic[prefix + "agent.outcomes"] == 3 * N_GROUPS
-    assert by_topic[prefix + "learn.groups"] == N_GROUPS
+    assert by_topic[shadow_names["agent.outcomes"]] == 3 * N_GROUPS
+    assert by_topic[shadow_names["learn.groups"]] == N_GROUPS
     assert out["shadow_records_written"]["learn.groups"] == N_GROUPS
     assert set(out["checksums"]) == {"0", "1", "2"}

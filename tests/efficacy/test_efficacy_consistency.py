@@ -28,7 +28,7 @@ from daemon.tools.efficacy import EfficacyConfig, run_efficacy
 from learners.grammar import Invalid, parse_action
 from schemas.market import MarketFeatures
 from schemas.settings import RewardConfig
-from streams.rewards import BookPath, paper_fill
+from streams.rewards import BookPath, horizon_end_ns, paper_fill
 
 SYMBOL_FILES = ["spot_btcusdt_20240808.gz", "spot_btcusdt_20240809.gz"]
 FEES = [0.0, 4.5]
@@ -143,7 +143,7 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
     """Hand-written candidates (the tiny model seldom parses) through the driver's close path."""
     from daemon.service.actor import Decision, clamp_horizon
     from daemon.service.policy import ResidentPolicy
-    from daemon.tools.efficacy.driver import LoopDriver, _Open
+    from daemon.tools.efficacy.driver import LoopDriver, OpenGroup
     from learners.core import LearnerConfig, build_state
     from schemas import Action
     from schemas.settings import ActorSettings, GroupConfig
@@ -166,7 +166,8 @@ def test_valid_actions_are_scored_and_learned_like_the_live_loop(run, quotes):
                                else Action(**common, parsed=clamp_horizon(spec, 5.0)))
             d = Decision(r["symbol"], "binance", r["t0_ns"], MarketFeatures(imbalance=r["imbalance"]), ())
             version = policy.policy_version
-            rec = driver._close("train1", _Open(d, actions, r["t0_ns"] + HORIZON_NS), book, lambda s, t: "x")
+            opened = OpenGroup(d, actions, [horizon_end_ns(a) for a in actions])
+            rec = driver._close("train1", opened, book, lambda s, t: "x")
             fills = _independent_fills(quotes["train1"], r["t0_ns"], fee)
             assert rec["rewards"][0] == pytest.approx(fills["long"], abs=1e-9)
             assert rec["rewards"][1] == pytest.approx(fills["short"], abs=1e-9)

@@ -9,7 +9,7 @@ import pytest
 from schemas import Action, MarketActionSpec, event_id_ms
 from schemas.learn import rewards_have_signal
 from schemas.settings import GroupConfig, RewardConfig
-from streams.grouping import NO_SIGNAL, close_group, compute_advantages, window_end_ns
+from streams.grouping import NO_SIGNAL, all_in, close_group, compute_advantages, outcome_final, window_end_ns
 from streams.rewards import invalid_result, to_outcome
 from streams.rewards import RewardResult
 
@@ -106,3 +106,9 @@ def test_doctests_of_the_pure_modules():
     for mod in (streams.rewards, streams.grouping):
         res = doctest.testmod(mod)
         assert res.failed == 0 and res.attempted > 0, mod.__name__
+
+
+def test_an_outcome_is_final_only_after_a_record_past_its_horizon():
+    # a record stamped at the horizon itself may be followed by another with the same stamp
+    assert not outcome_final(1_000, 1_000) and outcome_final(1_000, 1_001)
+    assert not all_in([1_000, 2_000], 1_500) and all_in([1_000, 2_000], 2_001)

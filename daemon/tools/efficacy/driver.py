@@ -7,8 +7,8 @@ deliver its records, in event time:
   decides when a decision is due: one per (exchange, symbol) every ``cadence_s`` of event time);
 - a due decision goes through ``Actor.decide`` (prompt from ``learners.grammar``, G samples from
   the ``ResidentPolicy``, parsing, horizon clamping, choice of the executed candidate);
-- once a market record *after* the group's last horizon arrives (the stream engine's rule), each
-  candidate is scored with ``streams.rewards.score_action`` against the recorded book path and
+- once a market record *after* the group's last horizon arrives (``streams.grouping.all_in``,
+  the stream engine's rule), each candidate is scored with ``streams.rewards.score_action`` against the recorded book path and
   turned into an ``Outcome``; ``streams.grouping.close_group`` builds the GRPO group;
 - ``ResidentPolicy.apply_sync`` runs ``learners.core.step`` on it, as the learner loop does.
 
@@ -33,7 +33,7 @@ from daemon.service.policy import ResidentPolicy
 from daemon.service.side_probe import probe_policy
 from schemas import Action
 from schemas.settings import ActorSettings, GroupConfig, RewardConfig
-from streams.grouping import close_group, window_end_ns
+from streams.grouping import all_in, close_group, window_end_ns
 from streams.rewards import BookPath, horizon_end_ns, paper_fill, score_action, to_outcome
 
 
@@ -42,10 +42,12 @@ async def _discard(topic: str, event: object) -> None:
 
 
 @dataclass
-class _Open:
+class OpenGroup:
+    """A decision whose group waits for its candidates' horizons to pass."""
+
     decision: Decision
     actions: list[Action]
-    all_in_ns: int  # the group's last horizon end: outcomes are final after a later event
+    horizon_ends_ns: list[int]
 
 
 class LoopDriver:
@@ -85,7 +87,7 @@ class LoopDriver:
         context = ContextWindow()
         actor = Actor(self.policy, context, _discard, None, self.actor_settings, self.groups,
                       seed=self.seed + self.decisions)
-        pending: dict[str, list[_Open]] = {}
+        pending: dict[str, list[OpenGroup]] = {}
         records: list[dict[str, Any]] = []
         if self.probe_every and not self.probes:
             self.probes.append({"closed": 0, "phase": phase, **probe_policy(self.policy)})  # the bootstrap's answer
@@ -95,7 +97,7 @@ class LoopDriver:
             sym = ev.symbol
             opens = pending.get(sym)
             if opens:
-                for o in [o for o in opens if o.all_in_ns < ev.ts_event]:
+                for o in [o for o in opens if all_in(o.horizon_ends_ns, ev.ts_event)]:
                     opens.remove(o)
                     records.append(self._close(phase, o, books[sym], capture_of))
                     self._after_close(phase, records)
@@ -115,7 +117,7 @@ class LoopDriver:
             taken += 1
             self.decisions += 1
             pending.setdefault(sym, []).append(
-                _Open(d, actions, max(horizon_end_ns(a) for a in actions)))
+                OpenGroup(d, actions, [horizon_end_ns(a) for a in actions]))
         self.unclosed += sum(len(v) for v in pending.values())
         return records
 
@@ -137,11 +139,11 @@ class LoopDriver:
                      f"last {self.log_every}: learned {sum(r['learned'] for r in last) / len(last):+.2f} bps, "
                      f"trades {sum(r['executed_side'] in ('long', 'short') for r in last)}")
 
-    def _close(self, phase: str, o: _Open, book: BookPath, capture_of) -> dict[str, Any]:
+    def _close(self, phase: str, o: OpenGroup, book: BookPath, capture_of) -> dict[str, Any]:
         d, actions = o.decision, o.actions
         results = {a.candidate_index: score_action(a, self.reward, book) for a in actions}
         outcomes = {a.candidate_index: to_outcome(a, results[a.candidate_index]) for a in actions}
-        end = window_end_ns(d.t0_ns, [horizon_end_ns(a) for a in actions], self.groups.grace_s)
+        end = window_end_ns(d.t0_ns, o.horizon_ends_ns, self.groups.grace_s)
         group = close_group(actions, outcomes, self.groups, close_reason="all_in", window_end=end)
         t = time.perf_counter()
         updates, _ = self.policy.apply_sync(group)
