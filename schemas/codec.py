@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pydantic import ValidationError
 
@@ -87,21 +87,23 @@ def _parse_failure(err: BaseException) -> DecodeError:
     return DecodeError(f"value: cannot parse ({type(err).__name__}: {detail[:200]})")
 
 
-def decode_dict(d: Any, raw: bytes | str | None = None) -> Event:
-    """A parsed JSON object to a typed record (upgrading a previous version), or ``DecodeError``."""
+def decode_dict(d: Any, raw: bytes | str | None = None, *,
+                types: Mapping[str, type[Event]] = RECORD_TYPES) -> Event:
+    """A parsed JSON object to a typed record (upgrading a previous version), or ``DecodeError``.
+    ``types``: the record types the reader accepts, by ``TYPE``."""
     try:
-        return _decode_dict(d, raw)
+        return _decode_dict(d, raw, types)
     except DecodeError:
         raise
     except _PARSE_FAILURES as e:
         raise _parse_failure(e) from e
 
 
-def _decode_dict(d: Any, raw: bytes | str | None) -> Event:
+def _decode_dict(d: Any, raw: bytes | str | None, types: Mapping[str, type[Event]]) -> Event:
     if not isinstance(d, dict):
         raise DecodeError(f"record: expected a JSON object, got {type(d).__name__}")
     rtype = d.get("type")
-    cls = RECORD_TYPES.get(rtype) if isinstance(rtype, str) else None
+    cls = types.get(rtype) if isinstance(rtype, str) else None
     if cls is None:
         raise DecodeError(f"type: unknown record type {rtype!r}")
     version = d.get("schema_version")
@@ -135,23 +137,24 @@ def _decode_dict(d: Any, raw: bytes | str | None) -> Event:
 _HEAD = re.compile(rb'^\{"event_id":"[^"]*","type":"([a-z_.]+)","schema_version":(\d{1,9}),')
 
 
-def decode(raw: bytes | str | None) -> Event:
-    """Bytes from Kafka to a typed record, or ``DecodeError`` with the reason; never another error."""
+def decode(raw: bytes | str | None, *, types: Mapping[str, type[Event]] = RECORD_TYPES) -> Event:
+    """Bytes from Kafka to a typed record, or ``DecodeError`` with the reason; never another error.
+    ``types``: the record types the reader accepts, by ``TYPE`` (default: the catalogue's)."""
     try:
-        return _decode(raw)
+        return _decode(raw, types)
     except DecodeError:
         raise
     except _PARSE_FAILURES as e:
         raise _parse_failure(e) from e
 
 
-def _decode(raw: bytes | str | None) -> Event:
+def _decode(raw: bytes | str | None, types: Mapping[str, type[Event]]) -> Event:
     if raw is None:
         raise DecodeError("value: record has no value (tombstone)")
     if isinstance(raw, bytes):
         m = _HEAD.match(raw)
         if m is not None:
-            cls = RECORD_TYPES.get(m.group(1).decode())
+            cls = types.get(m.group(1).decode())
             if cls is not None and int(m.group(2)) == cls.VERSION:
                 try:
                     return cls.model_validate_json(raw)
@@ -163,7 +166,7 @@ def _decode(raw: bytes | str | None) -> Event:
         d = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DecodeError(f"value: not valid JSON ({e})") from e
-    return decode_dict(d, raw)
+    return decode_dict(d, raw, types=types)
 
 
 def decode_as(raw: bytes | str | None, cls: type[Event]) -> Event:

@@ -21,6 +21,7 @@ from streams.cursor import GAP, PROCESS, InputCursor
 from streams.engine import Emit, SymbolEngine, tick_record
 from streams.health import STALL_EXIT_CODE, WorkerHealth
 from streams.rebuild import rebuild_partition
+from streams.routers import RouterBacklog
 from streams.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,22 @@ class InputGuard:
         self.app, self.cursor, self.name = app, cursor, name
         self.state_topic, self.rebuild, self.mark = state_topic, rebuild, mark
         self._starting = asyncio.Lock()  # the agent and the timer both start partitions
+        # moves on at every revocation: a start that was awaiting the broker (a rebuild) when
+        # its partitions were taken away must not mark them started for the next assignment
+        self.generation = 0
+
+    def forget_all(self) -> None:
+        """A rebalance: every partition starts again from the persisted cursor (and, for the
+        state topic, a rebuild), as after a restart."""
+        self.generation += 1
+        self.cursor.forget(list(self.cursor.next))
 
     async def start(self, tps: Iterable[tuple[str, int]]) -> None:
         tps = list(tps)
         if self.state_topic is not None:
             tps += [(self.state_topic, p) for p in {tp[1] for tp in tps}]
         async with self._starting:
+            generation = self.generation
             todo = sorted({tp for tp in tps if not self.cursor.started(tp)})
             if not todo:
                 return
@@ -77,12 +88,17 @@ class InputGuard:
             first = {tp: earliest.get(TP(*tp)) or 0 for tp in todo}
             if self.rebuild is not None:
                 for tp in todo:
-                    if tp[0] == self.state_topic:
+                    if tp[0] == self.state_topic and generation == self.generation:
                         await self.rebuild(tp, self.cursor.resume_at(tp, first[tp]), first[tp],
                                            self.cursor.saved_mark(tp))
+            if generation != self.generation:
+                log.warning("%s: partitions revoked while starting %s: they start again when assigned",
+                            self.name, todo)
+                return
             for tp in todo:
                 at = self.cursor.start(tp, first[tp])
-                log.info("%s: %s:%d resumes at offset %d", self.name, tp[0], tp[1], at)
+                # at warning, like the rebuild: which worker took which partition, and from where
+                log.warning("%s: %s:%d resumes at offset %d", self.name, tp[0], tp[1], at)
 
     async def admit(self, event: faust.EventT) -> bool:
         """Process this record? Below the cursor: no (done before). Above it: no, and seek back."""
@@ -141,57 +157,90 @@ def _caught_up(cursor: InputCursor, tp: tuple[str, int],
     return nxt >= high
 
 
-def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: StreamsSettings, client_kw: dict) -> None:
-    """``client_kw``: aiokafka client arguments, for reading the market log again on assignment."""
+class EngineSlot:
+    """The engine the agents and the timer use now. A rebalance puts a fresh one in: the
+    in-memory state of every partition (book, agenda, outcomes of open groups, event-time clock)
+    is dropped and rebuilt on assignment, exactly as after a restart. Kept instead, the state of
+    a partition that went to another worker could come back with it, behind what that worker
+    processed meanwhile, and a clock ahead of the rebuilt book scores candidates on quotes it
+    does not hold yet. The changelog-backed tables (pending candidates, closed groups, cursors)
+    are Faust's and stay; they may also hold other workers' partitions (standby replicas), whose
+    groups never reach this worker's records or clock."""
+
+    def __init__(self, new: Callable[[], SymbolEngine]):
+        self.new = new
+        self.engine = self.fresh()
+
+    def fresh(self) -> SymbolEngine:
+        self.engine = self.new()
+        self.engine.hold_expiry = True  # until the timer has seen the candidate path caught up
+        return self.engine
+
+
+def register(app: faust.App, topo: Topology, new_engine: Callable[[], SymbolEngine], conf: StreamsSettings,
+             client_kw: dict) -> None:
+    """``new_engine``: a fresh engine over the topology's tables (one at start, one per
+    rebalance). ``client_kw``: aiokafka client arguments, for reading the market log again on
+    assignment."""
     internal = topo.internal.get_topic_name()
     market_topic = topo.market.get_topic_name()
+    slot = EngineSlot(new_engine)
 
     async def rebuild(tp: tuple[str, int], cursor: int, earliest: int, mark: int | None) -> None:
+        engine = slot.engine  # a rebalance meanwhile replaces it, and what this read fills is dropped
         held, engine.hold_expiry = engine.hold_expiry, True  # keep all that is read: it was held then
         try:
-            await rebuild_partition(client_kw, tp, cursor, earliest, mark, conf.market_window_s, engine.rebuild_quote)
+            await rebuild_partition(client_kw, tp, cursor, earliest, mark, conf.market_window_s,
+                                    lambda raw, **at: engine.rebuild_record(raw, wall_ns=time.time_ns(), **at))
         finally:
             engine.hold_expiry = held
         engine.restore_agenda()  # the pending candidates of this partition are recovered by now
 
     routed = InputGuard(app, InputCursor(topo.action_cursors), "route-actions")
     symbols_in = InputGuard(app, InputCursor(topo.cursors), "symbols", state_topic=market_topic, rebuild=rebuild,
-                            mark=engine.book_start)
-    engine.hold_expiry = True  # until the timer has seen the candidate path caught up
+                            mark=lambda tp: slot.engine.book_start(tp))
+    actions_topic = topo.actions.get_topic_name()
+    guards = {actions_topic: routed, internal: symbols_in, market_topic: symbols_in}
 
     @app.agent(topo.actions, name="route-actions")
     async def route_actions(stream: faust.StreamT) -> None:
         async for event in stream.events():
             if await routed.admit(event):
+                engine = slot.engine
                 await _send(topo, _guarded(engine, engine.route_action, event))
                 await routed.done(event)
 
     @app.agent(topo.symbol_inputs, name="symbols")
     async def symbols(stream: faust.StreamT) -> None:
-        # One record at a time, tables written through. A batched version (write-behind views,
-        # one changelog record per key per batch) was tried and lost groups across kill -9 in
-        # the stricter kill test; see the issue note.
+        # One record at a time, tables written through: Faust flushes what a record wrote
+        # before it commits the input offset, so a kill -9 between records loses nothing.
+        # Batching the table writes behind the offsets breaks that order.
         async for event in stream.events():
             if await symbols_in.admit(event):
+                engine = slot.engine
                 handle = engine.on_internal if event.message.topic == internal else engine.on_market
                 await _send(topo, _guarded(engine, handle, event, wall_ns=time.time_ns()))
                 await symbols_in.done(event)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: faust.App, revoked: set[TP], **kwargs: object) -> None:
+        # aiokafka rebalances eagerly: each rebalance revokes the whole assignment first. Faust
+        # has waited for the agents to finish their current record and flushed the producer.
+        # Every partition kept or newly assigned starts again as after a restart: from its
+        # persisted cursor, its market state rebuilt from the log, its agenda from the pending
+        # candidates; none of the state of a partition given away is used again.
+        if not any(tp.topic in guards for tp in revoked):
+            return
         for guard in (routed, symbols_in):
-            guard.cursor.forget((tp.topic, tp.partition) for tp in revoked)
-        for tp in revoked:
-            if tp.topic == market_topic:
-                engine.forget_market((tp.topic, tp.partition))
+            guard.forget_all()
+        slot.fresh()
+        log.warning("partitions revoked: %s; in-memory market state dropped, rebuilt on assignment",
+                    sorted(f"{tp.topic}:{tp.partition}" for tp in revoked if tp.topic in guards))
 
     state = WorkerHealth(conf.stall_after_s, conf.stall_exit_s)
 
     def highwater(tp: tuple[str, int]) -> int | None:
         return state.highwater(tp, app.consumer.highwater(TP(*tp)))
-
-    actions_topic = topo.actions.get_topic_name()
-    guards = {actions_topic: routed, internal: symbols_in, market_topic: symbols_in}
 
     def positions() -> dict[tuple[str, int], int]:
         return {**routed.cursor.positions(), **symbols_in.cursor.positions()}
@@ -206,11 +255,27 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
             return
         state.ends.update({(tp.topic, tp.partition): off for tp, off in got.items() if off is not None})
 
+    routers = RouterBacklog(client_kw, app.conf.id, actions_topic, topo.action_cursors.partitions,
+                            topo.action_cursors.changelog_topic_name)
+
+    @app.task
+    async def watch_other_routers() -> None:
+        # in its own task: each probe asks the broker, which the idle timer must not wait for
+        try:
+            async for _ in app.itertimer(1.0, name="watch_other_routers"):
+                if state.ready:
+                    await routers.probe({tp.partition for tp in app.consumer.assignment()
+                                         if tp.topic == actions_topic})
+        finally:
+            await routers.stop()
+
     @app.timer(interval=conf.idle_tick_s)
     async def close_idle_windows() -> None:
         nonlocal ends_probe
         # ticks go through the partition that owns the symbol, so only its agent touches state
-        if app.tables.recovery.completed.is_set():
+        # Faust sets ``completed`` after the first recovery only; while a rebalance's recovery
+        # runs (``rebalancing``), the newly assigned partitions' tables are not complete yet
+        if app.tables.recovery.completed.is_set() and not app.rebalancing:
             # every assigned input partition gets a cursor, so one that never delivers is seen;
             # the symbols' cursors start once their market state is rebuilt from the log
             assigned = [(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in guards]
@@ -220,12 +285,16 @@ def register(app: faust.App, topo: Topology, engine: SymbolEngine, conf: Streams
                 state.ready = True
                 print("streams worker ready", flush=True)  # supervisors and tests wait for this line
             # a candidate may still come from the past unless its whole path (agent.actions, the
-            # internal topic) is processed to the end: hold market expiry until then
+            # internal topic) is processed to the end, here and by the other workers' routers
+            # (``streams.routers``): hold market expiry until then
             candidate_path = [tp for tp in assigned if tp[0] in (actions_topic, internal)]
-            engine.hold_expiry = not candidate_path or not all(
+            engine = slot.engine
+            engine.hold_expiry = routers.behind or not candidate_path or not all(
                 _caught_up(guards[tp[0]].cursor, tp, highwater) for tp in candidate_path)
             for symbol, sk, t in engine.idle_due(time.time_ns(),
                                                  caught_up=lambda tp: _caught_up(symbols_in.cursor, tp, highwater)):
+                if engine is not slot.engine:
+                    break  # a rebalance meanwhile: the rest was computed on state given up
                 await topo.internal.send(key=symbol.encode(), value=tick_record(sk, t))
             # consumer-thread calls below can each take a fetch wait (up to 0.5 s): after the
             # ticks, and the end-offset probe in the background, so idle windows close on time

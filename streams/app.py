@@ -27,6 +27,7 @@ import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import faust
 from aiokafka.client import AIOKafkaClient
@@ -72,13 +73,19 @@ class TopicLayout:
 
 
 async def prepare_topics(client_kw: dict, market: str, internal: str, actions: str,
-                         replication: Replication) -> TopicLayout:
+                         replication: Replication, changelogs: Mapping[str, str] | None = None) -> TopicLayout:
     """Partitions of ``market`` and of ``actions`` (the catalogue's count for one that does not
     exist yet), and the internal re-keying topic created with market's count: co-partitioning is
     what keeps a symbol's state on one worker. The worker's own topics are replicated as
     ``kafka.replication.streams`` says, resolved against this cluster's size: a changelog on one
     broker of a real cluster would lose the pending candidates and closed-group ids with it.
-    ``client_kw``: aiokafka client arguments (``daemon.eventlog.connection.client_kwargs``)."""
+    ``client_kw``: aiokafka client arguments (``daemon.eventlog.connection.client_kwargs``).
+
+    ``changelogs`` (changelog topic -> ``"market.events"`` or ``"agent.actions"``, whose
+    partitions it takes) are created here too, compacted, and awaited in the cluster's metadata
+    before the worker starts. Left to Faust, they are created as the worker starts, and an agent
+    that writes a table before its consumer has seen the new changelog in the metadata crashes
+    (``PartitionsMismatch``: "the changelog has 0 partitions"), which stalls the worker."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -93,16 +100,41 @@ async def prepare_topics(client_kw: dict, market: str, internal: str, actions: s
     factor, min_insync = replication.resolve(brokers, "kafka.replication.streams")
     partitions = counts[market] or BY_NAME["market.events"].partitions
     action_partitions = counts[actions] or BY_NAME["agent.actions"].partitions
+    counts = {"market.events": partitions, "agent.actions": action_partitions}
+    wanted = {internal: (partitions, {})}
+    for name, source in (changelogs or {}).items():
+        wanted[name] = (counts[source], {"cleanup.policy": "compact"})
     admin = AIOKafkaAdminClient(**client_kw)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(internal, partitions, factor,
-                                            topic_configs={"min.insync.replicas": str(min_insync)})])
-    except TopicAlreadyExistsError:
-        log.debug("internal topic %s exists", internal)
+        for name, (n, configs) in wanted.items():
+            try:
+                await admin.create_topics([NewTopic(name, n, factor, topic_configs={
+                    "min.insync.replicas": str(min_insync), **configs})])
+            except TopicAlreadyExistsError:
+                log.debug("topic %s exists", name)
     finally:
         await admin.close()
+    await _until_in_metadata(client_kw, set(wanted))
     return TopicLayout(partitions, action_partitions, factor)
+
+
+async def _until_in_metadata(client_kw: dict, names: set[str], timeout_s: float = 60.0) -> None:
+    """Wait until the cluster's metadata lists every topic in ``names`` with its partitions."""
+    client = AIOKafkaClient(**client_kw)
+    await client.bootstrap()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            cluster = await client.fetch_all_metadata()
+            missing = sorted(n for n in names if not cluster.partitions_for_topic(n))
+            if not missing:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"topics created but not in the cluster metadata after {timeout_s:.0f} s: {missing}")
+            await asyncio.sleep(0.2)  # metadata propagation: poll the observed state
+    finally:
+        await client.close()
 
 
 def create_app(settings: Settings, bootstrap: str, partitions: int, replication: int = 1) -> faust.App:
@@ -152,10 +184,11 @@ def build(settings: Settings, client_kw: dict) -> faust.App:
     bootstrap = client_kw["bootstrap_servers"]
     layout = asyncio.run(prepare_topics(
         client_kw, topic_name("market.events", prefix), topology.internal_topic(settings),
-        topic_name("agent.actions", prefix), settings.kafka.replication.streams))
+        topic_name("agent.actions", prefix), settings.kafka.replication.streams,
+        changelogs=topology.changelog_topics(settings)))
     app = create_app(settings, bootstrap, layout.partitions, layout.replication)
     topo = topology.declare(app, settings, layout.partitions, layout.action_partitions)
-    agents.register(app, topo, topology.engine_for(topo, settings), settings.streams, client_kw)
+    agents.register(app, topo, lambda: topology.engine_for(topo, settings), settings.streams, client_kw)
     return app
 
 

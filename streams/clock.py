@@ -4,6 +4,8 @@ and for idle streams an estimate that advances with the wall clock from the last
 
 from __future__ import annotations
 
+from streams.state import LastEvent
+
 MAX_LAG_NS = 1_000_000_000
 SEED_IDLE_NS = 2_000_000_000  # after a restart, give the consumer this long to deliver a first event
 
@@ -18,18 +20,18 @@ class Clock:
     def __init__(self, idle_after_s: float):
         self.idle_after_ns = round(idle_after_s * 1e9)
         self._wm: dict[str, int] = {}
-        self._ref: dict[str, tuple[int, int, int]] = {}  # sk -> (ts_event, ts_ingest, wall seen)
+        self._ref: dict[str, LastEvent] = {}
 
     def observe(self, sk: str, ts_event: int, ts_ingest: int, wall_ns: int) -> int:
         wm = self._wm.get(sk, 0)
         if ts_event > wm:
             wm = self._wm[sk] = ts_event
-            self._ref[sk] = (ts_event, ts_ingest, wall_ns)
+            self._ref[sk] = LastEvent(ts_event, ts_ingest, wall_ns)
         elif sk in self._ref:
-            e, i, _ = self._ref[sk]
-            self._ref[sk] = (e, i, wall_ns)  # still active: not idle
+            ref = self._ref[sk]
+            self._ref[sk] = LastEvent(ref.ts_event, ref.ts_ingest, wall_ns)  # still active: not idle
         else:
-            self._ref[sk] = (ts_event, ts_ingest, wall_ns)
+            self._ref[sk] = LastEvent(ts_event, ts_ingest, wall_ns)
         return wm
 
     def watermark(self, sk: str) -> int:
@@ -39,7 +41,7 @@ class Clock:
         """After a restart with no event yet: let idle time run from now, at 1x."""
         if sk not in self._ref:
             self._wm.setdefault(sk, ts_event)
-            self._ref[sk] = (ts_event, wall_ns, wall_ns)
+            self._ref[sk] = LastEvent(ts_event, wall_ns, wall_ns)
 
     def idle_now(self, sk: str, wall_ns: int, caught_up: bool = False) -> int | None:
         """Estimated event time now if ``sk`` has been idle long enough, else None.
@@ -51,7 +53,7 @@ class Clock:
         ref = self._ref.get(sk)
         if ref is None:
             return None
-        ts_event, ts_ingest, seen = ref
+        ts_event, ts_ingest, seen = ref.ts_event, ref.ts_ingest, ref.seen_wall_ns
         idle = wall_ns - seen
         if idle < (self.idle_after_ns if seen != ts_ingest else max(self.idle_after_ns, SEED_IDLE_NS)):
             return None

@@ -2,26 +2,19 @@
 
 The market state (``book``, ``index``) is a pure function of the recent market log, so in the
 Faust worker it lives in memory and is rebuilt from the log after a restart or a rebalance
-(``rebuild_quote``, driven by ``streams.rebuild``). The ``agenda`` is a function of ``pending``:
+(``rebuild_record``, driven by ``streams.rebuild``). The ``agenda`` is a function of ``pending``:
 in memory too, rebuilt by ``restore_agenda``. The small state (``pending``, ``closed``) is in
 changelog-backed Faust tables. In tests and in the PyFlink job all of them can
 be dicts or keyed state. The Faust agents only decode nothing, call one method here and send
 what it returns (``Emit``s).
 
-State (all in the mappings; ``sk`` is ``"exchange|symbol"``):
-
-- ``book``: key ``(sk, (start_s, end_s))`` = one tumbling bucket of
-  ``bucket_s`` seconds of *event time*, value = the top-of-book quotes of that bucket whose
-  prices changed (``[ts_ns, bid, bid_qty, ask, ask_qty, offset]``; the source offset makes a
-  replay after a restart exact, even for quotes sharing a timestamp). Size-only updates are not stored:
-  fills, stops, vol and drawdown depend on prices only, so the result is bit-identical.
-  Trades are not stored: no reward reads them; they move event time only.
-- ``index``: ``sk -> [first_bucket, last_bucket]``, so old buckets expire in event time.
-- ``pending``: ``group_id ->`` the arrived candidates and their horizons. The outcomes scored
-  so far are in memory (``scored``): a restart scores them again on the rebuilt book.
-- ``agenda``: ``sk -> {"due": ns, "groups": {group_id: ns}}``: when something next falls due.
-- ``closed``: ``sk -> {group_id: window_end}``: replayed or late candidates of closed groups
-  are dropped instead of re-opening them (kept ``CLOSED_RETENTION_NS`` of event time).
+State (values are the records of ``streams.state``; ``sk`` is ``"exchange|symbol"``): ``book``
+and ``index`` (``streams.market_book``); ``pending``: ``group_id -> PendingGroup``, whose outcomes
+scored so far are in memory (``scored``: a restart scores them again on the rebuilt book);
+``agenda``: ``sk -> AgendaEntry``, when something next falls due; ``closed``: ``sk ->
+ClosedGroups``, so replayed or late candidates of closed groups are dropped instead of re-opening
+them (kept ``CLOSED_RETENTION_NS`` of event time). ``pending`` and ``closed`` hold the records'
+JSON forms (``streams.state.StoredRecords``), as changelog-backed tables need.
 
 Time: outcomes are due when the horizon has passed in event time, i.e. a market event *after*
 ``t0 + horizon`` was seen (the touch at the horizon is then final); candidates never advance
@@ -31,29 +24,30 @@ clock from the last event's ``ts_ingest``. The estimate is used only by timer ti
 ``idle_after_s`` without events for that ``sk`` and (in the worker) only when the agent has
 processed all of the market partition (its input cursor at the end offset, ``streams.cursor``),
 which keeps catch-up on the watermark and deterministic.
-Groups close ``all_in`` on events; ``expired`` only on ticks (see ``_advance``).
+Groups close ``all_in`` on events; ``expired`` only on ticks (``schemas.stream.StreamTick``,
+see ``_advance``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, MutableMapping
 
 from schemas.agent import Action, Outcome
 from schemas.base import Event
-from schemas.codec import DecodeError, decode
+from schemas.codec import DecodeError, decode, encode
 from schemas.deadletter import DeadLetter
 from schemas.market import BookTicker, DepthUpdate, MarketTrade, MarketWatermark, StreamGap
 from schemas.settings import GroupConfig, RewardConfig
+from schemas.stream import StreamTick, decode_internal
 from streams.clock import Clock
 from streams.market_book import MarketBook, state_key
 from streams.grouping import close_group, window_end_ns
 from streams.rewards import horizon_end_ns, score_action, to_outcome
+from streams.state import (CLOSED, NEVER, PENDING, AgendaEntry, ClosedGroups, GroupDue, PendingCandidate,
+                           PendingGroup, StoredRecords)
 
-TICK_TYPE = "streams.tick"
 CLOSED_RETENTION_NS = 600 * 1_000_000_000
-_NEVER = 1 << 62
 IGNORED_MARKET = (DepthUpdate, StreamGap)  # valid records the paper fill does not use
 
 
@@ -66,9 +60,15 @@ class Emit:
     value: bytes
 
 
+def idle_tick(sk: str, now: int = 0) -> StreamTick:
+    """A timer tick: close what is due for ``sk`` at estimated event time ``now`` (0: none)."""
+    exchange, symbol = sk.split("|", 1)
+    return StreamTick(exchange=exchange, symbol=symbol, event_time_ns=now, key=symbol, source="streams")
+
+
 def tick_record(sk: str, now: int = 0) -> bytes:
-    """A timer tick: close what is due for ``sk`` at estimated event time ``now``."""
-    return json.dumps({"type": TICK_TYPE, "sk": sk, "now": now}).encode()
+    """``idle_tick`` as the record the timer sends through the internal topic."""
+    return encode(idle_tick(sk, now))
 
 
 class SymbolEngine(MarketBook):
@@ -84,7 +84,9 @@ class SymbolEngine(MarketBook):
         super().__init__(book=book, index=index, tp_store=tp_store, bucket_s=bucket_s,
                          market_window_s=market_window_s)
         self.reward, self.groups = reward, groups
-        self.pending, self.closed = pending, closed
+        # changelog-backed tables hold JSON: the records go in and out through their stored form
+        self.pending = StoredRecords.over(pending, PENDING)
+        self.closed = StoredRecords.over(closed, CLOSED)
         self.agenda = {} if agenda is None else agenda
         self.grace_ns = round(groups.grace_s * 1e9)
         self.clock = Clock(idle_after_s)
@@ -113,6 +115,17 @@ class SymbolEngine(MarketBook):
                                "OutOfSchema")]
         return [Emit("internal", ev.symbol, raw)]  # type: ignore[arg-type]
 
+    def rebuild_record(self, raw: bytes | None, *, topic: str, partition: int, offset: int, wall_ns: int) -> None:
+        """A market record read again up to the input cursor (``streams.rebuild``): the book and
+        the symbol's event time come back as they were when it was first processed. Event time
+        must come back too: a trade or a watermark after the last quote moved it, and a candidate
+        routed after the restart whose horizon that time has passed is final at once, as it was
+        for the worker before the restart; from the last quote alone it would wait for market
+        data that may never come."""
+        ev = self.rebuild_quote(raw, topic=topic, partition=partition, offset=offset)
+        if ev is not None:
+            self.clock.observe(state_key(ev.exchange, ev.symbol), ev.ts_event, ev.ts_ingest, wall_ns)
+
     def on_market(self, raw: bytes | None, *, topic: str, partition: int = -1, offset: int = -1,
                   wall_ns: int) -> list[Emit]:
         try:
@@ -135,33 +148,36 @@ class SymbolEngine(MarketBook):
         if self.tps.get(sk) != (topic, partition):
             self._set_tp(sk, (topic, partition))
         due = self.agenda.get(sk)
-        if due is not None and due["due"] < now:
+        if due is not None and due.due_ns < now:
             return self._resolve(sk, now, wall_ns)
         return []
 
     def on_internal(self, raw: bytes | None, *, topic: str, partition: int = -1, offset: int = -1,
                     wall_ns: int) -> list[Emit]:
-        """A routed action, or a timer tick asking to close idle windows of one ``sk``."""
-        if raw is not None and raw.startswith(b'{"type": "streams.tick"'):
-            msg = json.loads(raw)
-            sk = msg["sk"]
-            now = max(msg.get("now", 0), self.clock.watermark(sk))  # the timer's estimate
-            return self._resolve(sk, now, wall_ns, expire=True)
+        """A routed action, or a timer tick (``StreamTick``) asking to close idle windows of one symbol."""
         try:
-            action = decode(raw)
+            action = decode_internal(raw)
         except DecodeError as e:
             return [self.dead_letter(raw, topic, partition, offset, e.reason, "DecodeError")]
+        if isinstance(action, StreamTick):
+            return self.on_tick(action, wall_ns=wall_ns)
         if not isinstance(action, Action):
             return [self.dead_letter(raw, topic, partition, offset, f"type: unexpected {action.type}", "OutOfSchema")]
-        sk = self._action_key(action)
+        sk = state_key(action.exchange, action.symbol)
         if not self._add_action(sk, action, wall_ns):
             return []
         # candidates never advance event time: in catch-up they can run ahead of the market data.
         # An unseen symbol (a restart) starts at its last stored quote; at the candidate's t0 it
         # would score restored candidates on a book still missing the quotes to be replayed. Only
         # a symbol with no stored book at all starts at t0 (so idle handling has a reference).
-        self.clock.seed(sk, self._last_quote_ts(sk) or action.ts_event, wall_ns)
+        self.clock.seed(sk, self.last_quote_ts(sk) or action.ts_event, wall_ns)
         return self._resolve(sk, self.clock.watermark(sk), wall_ns)
+
+    def on_tick(self, tick: StreamTick, *, wall_ns: int) -> list[Emit]:
+        """Score what is due and close what has expired for the tick's symbol, at the later of
+        the timer's estimate and the symbol's watermark."""
+        sk = state_key(tick.exchange, tick.symbol)
+        return self._resolve(sk, max(tick.event_time_ns, self.clock.watermark(sk)), wall_ns, expire=True)
 
     def idle_due(self, wall_ns: int, caught_up: Callable[[tuple[str, int]], bool | None] | None = None,
                  ) -> list[tuple[str, str, int]]:
@@ -172,7 +188,7 @@ class SymbolEngine(MarketBook):
         """
         out = []
         for sk, entry in list(self.agenda.items()):
-            self.clock.seed(sk, self._last_quote_ts(sk), wall_ns)  # no-op unless unseen since start
+            self.clock.seed(sk, self.last_quote_ts(sk), wall_ns)  # no-op unless unseen since start
             tp = self.market_tp(sk)
             state = caught_up(tp) if caught_up is not None and tp is not None else None
             # with a lag probe, idle means "read everything": unknown (e.g. still joining the
@@ -180,28 +196,24 @@ class SymbolEngine(MarketBook):
             idle = None if (not self.idle_close or (caught_up is not None and state is not True)) else \
                 self.clock.idle_now(sk, wall_ns, caught_up=bool(state))
             now = idle or self.clock.watermark(sk)
-            if (idle is not None and entry["due"] < idle) or (entry["expiry"] < now and wall_ns >= entry["grace"]):
+            if (idle is not None and entry.due_ns < idle) or (entry.expiry_ns < now and
+                                                              wall_ns >= entry.grace_end_wall_ns):
                 out.append((sk.split("|", 1)[1], sk, now))
         return out
 
     # ---- candidates, outcomes, groups ---------------------------------------------------
-    def _action_key(self, action: Action) -> str:
-        return state_key(action.exchange, action.symbol)
-
     def _add_action(self, sk: str, action: Action, wall_ns: int) -> bool:
-        closed = self.closed.get(sk) or {}
-        if action.group_id in closed:
+        closed = self.closed.get(sk)
+        if closed is not None and action.group_id in closed:
             self._count("late_or_replayed_actions")
             return False
-        g = self.pending.get(action.group_id) or {"sk": sk, "t0": action.ts_event, "a": {}, "he": {}, "o": {}}
-        idx = str(action.candidate_index)
-        if idx in g["a"]:
+        g = self.pending.get(action.group_id)
+        idx = action.candidate_index
+        if g is not None and idx in g.candidates:
             return False  # replayed after a restart
-        g = dict(g)
-        g["a"] = {**g["a"], idx: action.model_dump_json()}
-        g["he"] = {**g["he"], idx: horizon_end_ns(action)}
-        g["t0"] = min(g["t0"], action.ts_event)
-        g["last"] = wall_ns
+        candidate = PendingCandidate(action.model_dump_json(), horizon_end_ns(action))
+        g = PendingGroup.first(sk, idx, candidate, action.ts_event, wall_ns) if g is None else \
+            g.with_candidate(idx, candidate, action.ts_event, wall_ns)
         self.pending[action.group_id] = g
         self._schedule(sk, action.group_id, g)
         return True
@@ -210,30 +222,30 @@ class SymbolEngine(MarketBook):
         """Derive the agenda from the pending groups (after a restart or an assignment: it has no
         changelog, it would cost two writes per candidate for what ``pending`` already says)."""
         for gid, g in list(self.pending.items()):
-            self._schedule(g["sk"], gid, g)
+            self._schedule(g.state_key, gid, g)
 
-    def _outcomes(self, gid: str, g: dict) -> dict[str, str]:
-        # "o" in pending: outcomes a version before this one stored there
-        return {**g.get("o", {}), **self.scored.get(gid, {})}
+    def _outcomes(self, gid: str, g: PendingGroup) -> dict[int, str]:
+        return {**g.stored_outcomes, **self.scored.get(gid, {})}
 
-    def _window_end(self, g: dict) -> int:
-        return window_end_ns(g["t0"], list(g["he"].values()), self.groups.grace_s)
+    def _window_end(self, g: PendingGroup) -> int:
+        return window_end_ns(g.t0_ns, g.horizon_ends(), self.groups.grace_s)
 
-    def _schedule(self, sk: str, gid: str, g: dict | None) -> None:
-        """Agenda per sk: ``due`` = next outcome (event-driven), ``expiry`` = earliest window end,
-        ``grace`` = wall time before which no window may expire (see ``_advance``)."""
-        entry = self.agenda.get(sk) or {"groups": {}}
-        groups = dict(entry["groups"])
+    def _schedule(self, sk: str, gid: str, g: PendingGroup | None) -> None:
+        """The agenda entry of ``sk`` with group ``gid`` as ``g`` now is (None: closed or gone):
+        its next outcome (event-driven), its window end, and the wall time before which the
+        window may not expire (see ``_advance``)."""
+        entry = self.agenda.get(sk)
+        groups = dict(entry.groups) if entry is not None else {}
         if g is None:
             groups.pop(gid, None)
         else:
             done = self._outcomes(gid, g)
-            todo = [he for i, he in g["he"].items() if i not in done]
-            groups[gid] = [min(todo) if todo else _NEVER, self._window_end(g), g["last"] + self.grace_ns]
-        if groups:
-            self.agenda[sk] = {"due": min(v[0] for v in groups.values()),
-                               "expiry": min(v[1] for v in groups.values()),
-                               "grace": min(v[2] for v in groups.values()), "groups": groups}
+            todo = [c.horizon_end_ns for i, c in g.candidates.items() if i not in done]
+            groups[gid] = GroupDue(min(todo) if todo else NEVER, self._window_end(g),
+                                   g.last_arrival_wall_ns + self.grace_ns)
+        entry = AgendaEntry.of(groups)
+        if entry is not None:
+            self.agenda[sk] = entry
         elif sk in self.agenda:
             del self.agenda[sk]
 
@@ -241,27 +253,28 @@ class SymbolEngine(MarketBook):
         """Score every candidate whose horizon is before ``now``; close groups that are done.
         Only timer ticks (``expire``) close groups by expiry; events close complete groups."""
         entry = self.agenda.get(sk)
-        if entry is None or (entry["due"] >= now and not expire):
+        if entry is None or (entry.due_ns >= now and not expire):
             return []
         out: list[Emit] = []
-        for gid, (due, end, grace) in sorted(entry["groups"].items(), key=lambda kv: kv[1]):
+        for gid, due in sorted(entry.groups.items(), key=lambda kv: kv[1]):
             if gid not in self.pending:  # its partition was taken away by a rebalance
                 self.scored.pop(gid, None)
                 self._schedule(sk, gid, None)
                 continue
-            if due < now or (expire and end < now and wall_ns >= grace):
+            if due.due_ns < now or (expire and due.window_end_ns < now and wall_ns >= due.grace_end_wall_ns):
                 out.extend(self._advance(sk, gid, now, wall_ns, expire))
         return out
 
     def _advance(self, sk: str, gid: str, now: int, wall_ns: int, expire: bool) -> list[Emit]:
         g = self.pending[gid]
-        actions = {i: Action.model_validate_json(a) for i, a in g["a"].items()}
+        actions = {i: Action.model_validate_json(c.action_json) for i, c in g.candidates.items()}
         outcomes = self._outcomes(gid, g)
         out: list[Emit] = []
-        for i, action in sorted(actions.items(), key=lambda kv: int(kv[0])):
-            if i not in outcomes and g["he"][i] < now:
+        for i, action in sorted(actions.items()):
+            horizon_end = g.candidates[i].horizon_end_ns
+            if i not in outcomes and horizon_end < now:
                 t0 = action.ts_event
-                book = self.book_path(sk, t0 + round(self.reward.latency_ms * 1e6), g["he"][i])
+                book = self.book_path(sk, t0 + round(self.reward.latency_ms * 1e6), horizon_end)
                 o = to_outcome(action, score_action(action, self.reward, book), ts_ingest=wall_ns,
                                source=self.source)
                 outcomes[i] = o.model_dump_json()
@@ -270,21 +283,20 @@ class SymbolEngine(MarketBook):
         end = self._window_end(g)
         # expiry needs the window over in event time *and* grace_s of wall time since the first
         # candidate arrived: a group opened late (replay, catch-up) still gathers its siblings
-        expired = expire and end < now and wall_ns - g["last"] >= self.grace_ns
+        expired = expire and end < now and wall_ns - g.last_arrival_wall_ns >= self.grace_ns
         reason = "all_in" if len(outcomes) >= size else ("expired" if expired else None)
         if reason is None:
             self.scored[gid] = outcomes
             self._schedule(sk, gid, g)
             return out
         group = close_group(list(actions.values()),
-                            {int(i): Outcome.model_validate_json(o) for i, o in outcomes.items()},
+                            {i: Outcome.model_validate_json(o) for i, o in outcomes.items()},
                             self.groups, close_reason=reason, window_end=end, ts_ingest=wall_ns,
                             source=self.source)
         out.append(Emit("learn.groups", gid, group.model_dump_json().encode()))
         self._count(f"groups_{group.status}")
-        closed = {k: v for k, v in (self.closed.get(sk) or {}).items() if v >= end - CLOSED_RETENTION_NS}
-        closed[gid] = end
-        self.closed[sk] = closed
+        closed = self.closed.get(sk, ClosedGroups())
+        self.closed[sk] = closed.with_closed(gid, end, CLOSED_RETENTION_NS)
         del self.pending[gid]
         self.scored.pop(gid, None)
         self._schedule(sk, gid, None)
@@ -301,4 +313,4 @@ class SymbolEngine(MarketBook):
         self.counters[name] = self.counters.get(name, 0) + 1
 
 
-__all__ = ["Clock", "Emit", "Event", "SymbolEngine", "TICK_TYPE", "state_key", "tick_record"]
+__all__ = ["Clock", "Emit", "Event", "SymbolEngine", "idle_tick", "state_key", "tick_record"]

@@ -4,10 +4,14 @@ The Faust worker and this operator run the *same* ``streams.engine.SymbolEngine`
 and groups come from the same pure functions (``rewards.score_action``/``to_outcome``,
 ``grouping.close_group``) by the same rules. Only the plumbing differs:
 
-- **State.** The engine's six mappings (book and trade buckets, index, pending candidates,
-  agenda, closed groups) are Flink ``MapState`` of the current key (the symbol), through
-  ``StateMap``. Flink checkpoints them together with the Kafka offsets, so a restart from a
-  checkpoint resumes exactly where the outputs of that checkpoint were committed.
+- **State.** The engine's mappings (book buckets, index, market partitions, pending
+  candidates, scored outcomes, agenda, closed groups) are Flink ``MapState`` of the current key
+  (the symbol), through ``StateMap``. Their values are the records of ``streams.state``, held in
+  their JSON forms (``StoredRecords``; the engine does it for pending and closed itself), so a
+  checkpoint holds plain data that outlives the classes, and the forms of checkpoints taken
+  before the records existed still read. Flink checkpoints them together with the Kafka offsets,
+  so a restart from a checkpoint resumes exactly where the outputs of that checkpoint were
+  committed.
 - **Event time.** An event-time timer is set at each symbol's earliest group window end; the
   job's watermark (from the Kafka sources, bounded out-of-orderness, idle partitions ignored)
   fires it, and it ticks the engine with that watermark, which closes the windows that are over.
@@ -35,13 +39,16 @@ from pyflink.datastream.functions import TimerService
 from pyflink.datastream.state import MapState, MapStateDescriptor
 
 from schemas.settings import GroupConfig, RewardConfig
-from streams.engine import Emit, SymbolEngine, tick_record
+from streams.engine import Emit, SymbolEngine, idle_tick
 from streams.flink_lag import LagProbe
+from streams.state import AGENDA, BOOK, INDEX, SCORED, StoredRecords
 
 OUT_TYPE = Types.ROW_NAMED(["k", "v"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 GROUPS = OutputTag("learn.groups", OUT_TYPE)
 DEADLETTER = OutputTag("deadletter", OUT_TYPE)
 STATES = ("book", "index", "tp_store", "pending", "scored", "agenda", "closed")
+# states whose values go through their JSON form here (pending and closed: in the engine)
+STORED_FORMS = {"book": BOOK, "index": INDEX, "scored": SCORED, "agenda": AGENDA}
 _MS = 1_000_000
 
 
@@ -103,6 +110,7 @@ class SymbolProcess(KeyedProcessFunction):
     def open(self, ctx: RuntimeContext) -> None:
         pickled = Types.PICKLED_BYTE_ARRAY()
         maps = {name: StateMap(ctx.get_map_state(MapStateDescriptor(name, pickled, pickled))) for name in STATES}
+        maps.update({name: StoredRecords(maps[name], form) for name, form in STORED_FORMS.items()})
         self.engine = SymbolEngine(RewardConfig(**self.reward), GroupConfig(**self.groups),
                                    bucket_s=self.bucket_s, market_window_s=self.market_window_s,
                                    idle_after_s=self.idle_tick_s, idle_close=self.idle_close, source=self.source,
@@ -160,7 +168,7 @@ class SymbolProcess(KeyedProcessFunction):
         for sk, _entry in engine.agenda.items():
             tp = engine.market_tp(sk)  # from keyed state after a restore, as idle_due
             idle = engine.clock.idle_now(sk, wall, caught_up=True) if tp and self._caught_up(tp) else None
-            emits += engine.on_internal(tick_record(sk, idle or 0), topic="timer", wall_ns=wall)
+            emits += engine.on_tick(idle_tick(sk, idle or 0), wall_ns=wall)
         yield from self._emit(emits)
         self._schedule(timers, key, wall)
 
@@ -182,14 +190,14 @@ class SymbolProcess(KeyedProcessFunction):
             return
         self._seeded.add(key)
         for sk in list(self.engine.index):
-            self.engine.clock.seed(sk, self.engine._last_quote_ts(sk), wall)
+            self.engine.clock.seed(sk, self.engine.last_quote_ts(sk), wall)
 
     def _schedule(self, timers: TimerService, key: str, wall: int) -> None:
         """An event-time timer at each window end; a processing-time tick while work is pending."""
         pending = False
         for sk, entry in self.engine.agenda.items():
             pending = True
-            at = entry["expiry"] // _MS + 1  # fires once the watermark is past the window end
+            at = entry.expiry_ns // _MS + 1  # fires once the watermark is past the window end
             if self._event_timer.get(sk) != at:
                 self._event_timer[sk] = at
                 timers.register_event_time_timer(at)

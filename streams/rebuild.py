@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 log = logging.getLogger(__name__)
 
-Feed = Callable[..., None]  # SymbolEngine.rebuild_quote: (raw, *, topic, partition, offset)
+Feed = Callable[..., None]  # SymbolEngine.rebuild_record: (raw, *, topic, partition, offset)
 
 
 async def rebuild_partition(client_kw: dict, tp: tuple[str, int], cursor: int, earliest: int, mark: int | None,

@@ -43,6 +43,18 @@ class Topology:
     action_cursors: faust.TableT  # route-actions agent: the same for agent.actions
 
 
+# every table, with the catalogue topic it is co-partitioned with
+TABLES = {"pending-candidates": "market.events", "closed-groups": "market.events",
+          "input-cursors": "market.events", "action-input-cursors": "agent.actions"}
+
+
+def changelog_topics(settings: Settings) -> dict[str, str]:
+    """Each table's changelog topic (Faust names it ``<app id>-<table>-changelog``), with the
+    catalogue topic whose partition count it must have."""
+    app_id = f"{settings.kafka.topic_prefix}{settings.streams.app_id}"
+    return {f"{app_id}-{table}-changelog": source for table, source in TABLES.items()}
+
+
 def internal_topic(settings: Settings) -> str:
     """The worker's own repartition topic. Not a catalogue topic (``schemas.topics``): like the
     changelogs Faust names, it belongs to the app and is named after the app's id."""
@@ -63,11 +75,12 @@ def declare(app: faust.App, settings: Settings, partitions: int, action_partitio
     def table(tname: str, n: int = partitions) -> faust.TableT:
         return app.Table(tname, partitions=n)  # json keys and values (no key_type/value_type)
 
+    counts = {"market.events": partitions, "agent.actions": action_partitions}
+    tables = {tname: table(tname, counts[source]) for tname, source in TABLES.items()}
     return Topology(
         market=market, actions=actions, internal=internal, symbol_inputs=symbol_inputs, outputs=outputs,
-        pending=table("pending-candidates"),
-        closed=table("closed-groups"), cursors=table("input-cursors"),
-        action_cursors=table("action-input-cursors", action_partitions),
+        pending=tables["pending-candidates"], closed=tables["closed-groups"], cursors=tables["input-cursors"],
+        action_cursors=tables["action-input-cursors"],
     )
 
 

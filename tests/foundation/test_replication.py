@@ -121,10 +121,17 @@ def test_streams_worker_topics_follow_their_class_on_the_real_broker(kafka_setti
     with pytest.raises(ValueError, match=r"kafka.replication.streams.factor=3 but the cluster has 1 broker"):
         asyncio.run(prepare_topics(kw, market, internal, actions, Replication(factor=3)))
 
-    layout = asyncio.run(prepare_topics(kw, market, internal, actions, kafka_settings.kafka.replication.streams))
+    # the changelogs exist, with their source's partitions, before the worker starts
+    changelogs = {f"{prefix}streams-test-cursors-changelog": "market.events",
+                  f"{prefix}streams-test-action-cursors-changelog": "agent.actions"}
+    layout = asyncio.run(prepare_topics(kw, market, internal, actions, kafka_settings.kafka.replication.streams,
+                                        changelogs=changelogs))
     assert (layout.partitions, layout.replication) == (3, 1)
+    partitions = asyncio.run(_partition_counts(kw, [*changelogs, internal]))
+    assert partitions == {internal: 3, f"{prefix}streams-test-cursors-changelog": 3,
+                          f"{prefix}streams-test-action-cursors-changelog": layout.action_partitions}
 
-    async def described():
+    async def described(name: str = internal):
         # a created topic reaches the broker's config view a moment after CreateTopics answers:
         # ask until it is there (error 0) or the deadline passes
         client = AIOKafkaAdminClient(**kw)
@@ -132,19 +139,33 @@ def test_streams_worker_topics_follow_their_class_on_the_real_broker(kafka_setti
         try:
             deadline = asyncio.get_running_loop().time() + 15
             while True:
-                got = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, internal)])
+                got = await client.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
                 if all(r[0] == 0 for resp in got for r in resp.resources):
                     return got
-                assert asyncio.get_running_loop().time() < deadline, f"{internal} never described: {got}"
+                assert asyncio.get_running_loop().time() < deadline, f"{name} never described: {got}"
                 await asyncio.sleep(0.1)
         finally:
             await client.close()
 
     configs = {c[0]: c[1] for c in described_configs(asyncio.run(described()))}
     assert configs["min.insync.replicas"] == "1"
+    changelog = {c[0]: c[1] for c in described_configs(asyncio.run(described(next(iter(changelogs)))))}
+    assert changelog["cleanup.policy"] == "compact" and changelog["min.insync.replicas"] == "1"
 
     app = create_app(kafka_settings, kafka_settings.kafka.bootstrap, layout.partitions, replication=3)
     assert app.conf.topic_replication_factor == 3
+
+
+async def _partition_counts(kw: dict, names: list[str]) -> dict[str, int]:
+    from aiokafka.client import AIOKafkaClient
+
+    client = AIOKafkaClient(**kw)
+    await client.bootstrap()
+    try:
+        cluster = await client.fetch_all_metadata()
+        return {n: len(cluster.partitions_for_topic(n) or ()) for n in names}
+    finally:
+        await client.close()
 
 
 def described_configs(responses):

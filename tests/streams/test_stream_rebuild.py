@@ -1,4 +1,4 @@
-"""Market state from the log (issue 18 item 1): the book is not changelogged; after a restart it
+"""Market state from the log: the book is not changelogged; after a restart it
 is rebuilt by reading the market partition again from the persisted book mark up to the input
 cursor, the agenda is derived from the pending candidates, outcomes scored before the kill are
 scored again on the rebuilt book, and the groups the worker then emits equal what an
@@ -10,8 +10,9 @@ import asyncio
 
 import pytest
 
-from schemas import decode, encode
+from schemas import BookTicker, MarketWatermark, decode, encode
 from schemas.settings import GroupConfig, RewardConfig
+from schemas.topics import topic_name
 from streams.engine import SymbolEngine, tick_record
 from streams.rebuild import rebuild_partition
 from stream_cases import comparable, expected, live_feed, make_actions, market_events, run_feed
@@ -65,11 +66,12 @@ def test_a_book_rebuilt_from_the_mark_gives_the_groups_of_an_uninterrupted_engin
     # the same windows; outcomes scored before the kill are due again (scored again, same event_id)
     for sk, entry in first.agenda.items():
         again = restarted.agenda[sk]
-        assert {g: v[1:] for g, v in again["groups"].items()} == {g: v[1:] for g, v in entry["groups"].items()}
-        assert all(again["groups"][g][0] <= v[0] for g, v in entry["groups"].items())
+        windows = lambda e: {g: (v.window_end_ns, v.grace_end_wall_ns) for g, v in e.groups.items()}  # noqa: E731
+        assert windows(again) == windows(entry)
+        assert all(again.groups[g].due_ns <= v.due_ns for g, v in entry.groups.items())
     restarted.hold_expiry = True  # as the worker does while it rebuilds
     for i in range(mark, cursor):
-        restarted.rebuild_quote(encode(events[i]), topic=TP[0], partition=TP[1], offset=i)
+        restarted.rebuild_record(encode(events[i]), topic=TP[0], partition=TP[1], offset=i, wall_ns=0)
     restarted.hold_expiry = hold
     assert {k: v for k, v in restarted.book.items() if v} == {k: v for k, v in first.book.items() if v}
     after = run_feed(restarted, feed[cut:])
@@ -81,6 +83,42 @@ def test_a_book_rebuilt_from_the_mark_gives_the_groups_of_an_uninterrupted_engin
     assert sorted(got) == sorted(pure)
     for gid, g in got.items():
         assert comparable(g) == comparable(uninterrupted[gid]) == comparable(pure[gid]), gid
+
+
+def test_a_rebuilt_engine_keeps_the_event_time_trades_and_watermarks_had_reached(shared_data):
+    """The market partition ends with a watermark past the last quote (a finite replay's end) and
+    the candidates are routed only after it (a router behind the market): each group is final
+    the moment its last candidate arrives. A worker restarted at that cursor must close them the
+    same way; with event time restored from the last quote only, they would wait for market data
+    that never comes."""
+    events = market_events(shared_data, seconds=30)
+    last = events[-1]
+    end = MarketWatermark(exchange=last.exchange, symbol=last.symbol, ts_event=last.ts_event + 20 * S,
+                          ts_ingest=last.ts_ingest, source="replay", key=last.symbol, reason="end of input")
+    market = [*events, end]
+    actions = make_actions(market, every_s=2.0)
+    last_quote = max(e.ts_event for e in events if isinstance(e, BookTicker))
+    only_final_by_watermark = [a for a in actions if a.parsed is not None
+                               and a.ts_event + round(a.parsed.horizon_s * S) > last_quote]
+    assert only_final_by_watermark, "the case needs groups whose horizon ends after the last quote"
+    market_feed = [(e.ts_event, 0, encode(e), i) for i, e in enumerate(market)]
+    late_candidates = [(end.ts_event, 1, encode(a), -1) for a in actions]
+
+    whole = _engine()
+    want = _groups(run_feed(whole, market_feed + late_candidates))
+    first = _engine()
+    run_feed(first, market_feed)
+    restarted = _engine()
+    restarted.hold_expiry = True
+    for i in range(first.book_start(TP) or 0, len(market)):
+        restarted.rebuild_record(encode(market[i]), topic=TP[0], partition=TP[1], offset=i, wall_ns=end.ts_event)
+    restarted.hold_expiry = False
+    sk = next(iter(restarted.index))
+    assert restarted.clock.watermark(sk) == first.clock.watermark(sk) == end.ts_event
+    got = _groups(run_feed(restarted, late_candidates))
+    assert sorted(got) == sorted(want) and {a.group_id for a in only_final_by_watermark} <= set(got)
+    for gid, g in got.items():
+        assert comparable(g) == comparable(want[gid]), gid
 
 
 def test_the_mark_is_the_oldest_quote_held_and_a_lost_partition_is_forgotten(shared_data):
@@ -102,7 +140,7 @@ def test_rebuild_reads_the_log_from_the_mark_or_the_window(kafka_settings, share
 
     events = market_events(shared_data, seconds=120)
     run(produce(kafka_settings, [("market.events", e) for e in events]))
-    topic = kafka_settings.kafka.topic_prefix + "market.events"
+    topic = topic_name("market.events", kafka_settings.kafka.topic_prefix)
     sym_partition = _partition_with_data(kafka_settings, topic)
     kw = client_kwargs(kafka_settings)
     seen: list[int] = []

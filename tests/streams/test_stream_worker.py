@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas import Action, MarketActionSpec
 from schemas.settings import GroupConfig, RewardConfig, StreamsSettings
+from schemas.topics import topic_name
 from stream_cases import comparable, expected, make_actions, market_events
 from worker_harness import Collector, Worker, produce, run, write_config
 
@@ -252,7 +253,7 @@ def test_a_commit_past_unprocessed_input_loses_nothing(kafka_settings, shared_da
         assert _groups_before_kill(s)[0], "no groups before the stop"
         worker.stop()  # a clean stop: offsets committed, the group left, so the commit below is accepted
         run(produce(s, rest))
-        moved = run(_commit_past(s, s.kafka.topic_prefix + "market.events", ahead=2000))
+        moved = run(_commit_past(s, topic_name("market.events", s.kafka.topic_prefix), ahead=2000))
         assert moved, "no partition with 2000 unread records"
         worker.start()
         worker.wait_ready()

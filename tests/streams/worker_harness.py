@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from daemon.eventlog import EventProducer
 from schemas import decode
 from schemas.settings import Settings
+from schemas.topics import topic_name
 from streams.health import STALL_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,6 +68,20 @@ class Worker:
             time.sleep(0.05)  # polling interval of a deadline loop, not synchronisation
         raise AssertionError(f"worker not ready in {timeout}s:\n{''.join(self.lines[-60:])}")
 
+    def wait_for(self, pattern: str, since: int = 0, timeout: float = 90.0) -> re.Match:
+        """The first output line from index ``since`` on that matches ``pattern`` (a regex)."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in self.lines[since:]:
+                m = rx.search(line)
+                if m:
+                    return m
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}:\n{''.join(self.lines[-60:])}")
+            time.sleep(0.05)  # polling interval of a deadline loop, not synchronisation
+        raise AssertionError(f"no line matching {pattern!r} in {timeout}s:\n{''.join(self.lines[-60:])}")
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.kill()  # SIGKILL
@@ -104,10 +120,10 @@ class Collector:
 
     def __init__(self, settings: Settings, bases: list[str]):
         self.settings = settings
-        self.topics = [settings.kafka.topic_prefix + b for b in bases]
+        self.topics = [topic_name(b, settings.kafka.topic_prefix) for b in bases]
         self.records: dict[str, list] = {b: [] for b in bases}
         self.arrival: dict[str, float] = {}
-        self._base = {settings.kafka.topic_prefix + b: b for b in bases}
+        self._base = {topic_name(b, settings.kafka.topic_prefix): b for b in bases}
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> "Collector":
