@@ -1,4 +1,4 @@
-"""Learning efficacy on recorded markets (issue 10); the same command as ``eigenloop bench efficacy``.
+"""Learning efficacy on recorded markets; the same command as ``eigenloop bench efficacy``.
 
     .venv/bin/python benchmarks/efficacy.py --out out/efficacy            # full run, seeds 0,1,2
     .venv/bin/python benchmarks/efficacy.py --seeds 0,1,2,3 --jobs 2      # one learner per (fee, seed)

@@ -101,8 +101,7 @@ def main() -> None:
     ap.add_argument("--model-groups", type=int, default=5)
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/eigenloop-bench"))
     args = ap.parse_args()
-    # the settings as every command reads them: this used to build KafkaSettings itself and so
-    # ignored EIGENLOOP_KAFKA__BOOTSTRAP ("no Kafka broker configured")
+    # the settings as every command reads them, so EIGENLOOP_KAFKA__BOOTSTRAP is honoured here too
     with bench_settings("bench", data_dir=args.data_dir) as settings:
         asyncio.run(ensure_topics(settings))
         groups, updates = make_log(args.groups, args.blocks)

@@ -209,7 +209,7 @@ def collapse_command(fmt: Format = FORMAT_OPT, plot: Optional[Path] = PLOT_OPT,
                      floor: float = typer.Option(collapse.DEFAULT_FLOOR, "--floor",
                                                  help="entropy floor to draw and compare, bits")) -> None:
     """Diversity of the generated actions over time, and whether (and since when) it is falling."""
-    # issue 9: its own options, and computed in Python (the entropy needs the grammar's parser)
+    # its own options, and computed in Python: the entropy needs the grammar's parser
     from daemon.ops.analytics import reports
     from daemon.ops.analytics.access import reader
     from daemon.ops.analytics.store import AnalyticsError

@@ -1,4 +1,4 @@
-"""``eigenloop bench``: benchmarks that measure the product's claims. ``efficacy`` = issue 10."""
+"""``eigenloop bench``: benchmarks that measure the product's claims (``efficacy``: does it learn)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from schemas.settings import RewardConfig
 from streams.rewards import BookPath, paper_fill
 
 SIDES = ("long", "short", "flat")
-IMBALANCE_THRESHOLD = 0.6  # issue 10's fixed heuristic
+IMBALANCE_THRESHOLD = 0.6  # the reference simulator's fixed heuristic (``efficacy.report.REFERENCE``)
 BASELINES = ("random", "flat", "heuristic", "hindsight")
 
 

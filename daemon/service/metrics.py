@@ -22,7 +22,7 @@ STEP_SECONDS = Histogram("eigenloop_learner_step_seconds", "Compute time of one 
                          buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
 SNAPSHOTS = Counter("eigenloop_snapshots_total", "Snapshots written")
 SNAPSHOT_LOAD_FAILURES = Counter("eigenloop_snapshot_load_failures_total",
-                                 "Snapshots skipped on start because they did not load (an older one was tried)")
+                                 "Snapshots skipped on start because they did not load (the next older one is loaded instead)")
 ORDERS = Counter("eigenloop_orders_total", "Orders sent to an executor", ["executor", "result"])
 KILL_SWITCH = Gauge("eigenloop_kill_switch", "1 while the kill switch stops new orders")
 WS_RECONNECTS = Gauge("eigenloop_ws_reconnects", "Websocket reconnects across all streams")

@@ -1,4 +1,4 @@
-"""``schemas.kafka_security``: the one mapping of ``kafka.*`` security for every client (issue 19).
+"""``schemas.kafka_security``: the one mapping of ``kafka.*`` security for every client.
 No secured broker runs here; these check what each client is told."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The learner loop dead-letters a group whose step the learner refused, counts it and learns
-on (issue 17, item 7). No Kafka: a recording producer stands in for the broker."""
+on. No Kafka: a recording producer stands in for the broker."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Poison records: ``decode`` raises nothing but ``DecodeError``, and the schemas refuse values
-that would poison the learner or the market state (issue 17, items 6 and 7)."""
+that would poison the learner or the market state."""
 
 from __future__ import annotations
 

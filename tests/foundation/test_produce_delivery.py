@@ -1,4 +1,4 @@
-"""No silent produce loss (issue 17 item 9): ``send_retrying`` re-sends a failed delivery until
+"""No silent produce loss: ``send_retrying`` re-sends a failed delivery until
 the broker acknowledges it, keeps per-key order of first copies, bounds what it holds, and stops
 on a failure that re-sending cannot fix.
 

@@ -1,4 +1,4 @@
-"""A group cannot poison the model (issue 17, item 7).
+"""A group cannot poison the model.
 
 The fuzz test feeds mutated ``learn.groups`` records, mixed with valid ones, down the learner
 loop's path (``schemas.decode`` -> ``GRPOGroup`` -> ``learners.core.step``): nothing but

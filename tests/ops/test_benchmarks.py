@@ -1,8 +1,8 @@
 """Every benchmark the README lists starts as written, and the Kafka benchmarks read their broker
 the way every eigenloop command does (``benchmarks/bench_kafka.py``). No long benchmark runs
 here: each is started with ``--help`` after the README's arguments; only the replay benchmark
-runs for real, on 50 groups, because it used to crash with "no Kafka broker configured" while
-EIGENLOOP_KAFKA__BOOTSTRAP was set."""
+runs for real, on 50 groups, so that it is seen to find the broker EIGENLOOP_KAFKA__BOOTSTRAP
+names rather than fail with "no Kafka broker configured"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Declared dependencies and the hashed lock (issue 17): every third-party module the product code
+"""Declared dependencies and the hashed lock: every third-party module the product code
 imports is declared in pyproject.toml, every declared dependency is pinned in the lock, and every
 pin carries hashes; `make setup` and the Dockerfile install from the locks. No broker, no network:
 the imports are read with ast, never executed."""

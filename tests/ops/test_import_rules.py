@@ -73,7 +73,7 @@ def daemon_room(module: str) -> str | None:
 
 
 # Violations left in files that another change is editing, each with the file that must change;
-# remove an entry once its fix lands (the test then insists). Empty: none remain (issue 19).
+# remove an entry once its fix lands (the test then insists). Empty: none remain.
 # (importer, imported module)
 ALLOWED_DIRECTION: set[tuple[str, str]] = set()
 # (importer, "module.private_name")

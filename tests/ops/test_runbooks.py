@@ -24,7 +24,7 @@ from tests.ops.chart import REPO, load_values, render_values
 RUNBOOKS = REPO / "runbooks"
 EIGENLOOP = REPO / ".venv" / "bin" / "eigenloop"
 ALERT_SECTIONS = ["Meaning", "Impact", "Diagnosis", "Mitigation"]
-# The task runbooks issue 7 asks for.
+# The task runbooks an SRE needs beside the alert runbooks.
 TASK_RUNBOOKS = [
     "deploy-upgrade-rollback.md", "replay-from-time.md", "rollback-block-or-policy-version.md",
     "consumer-lag.md", "kafka-outage.md", "clickhouse-outage.md", "gpu-oom-or-no-gpu.md",

@@ -1,4 +1,4 @@
-"""Learning efficacy on recorded markets (issue 10): the live loop, broker-free, over captures.
+"""Learning efficacy on recorded markets: the live loop, broker-free, over captures.
 
 ``run_efficacy(EfficacyConfig(...), out_dir)`` is what ``eigenloop bench efficacy`` and
 ``benchmarks/efficacy.py`` call. See ``driver`` for which live functions it runs and in what order.

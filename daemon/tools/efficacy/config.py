@@ -39,7 +39,7 @@ class EfficacyConfig:
             the training window, on four of the six symbols (the time after training is held out).
         include (`list[str]`): glob patterns of the files used at all (default: every ``*.gz``).
         max_decisions (`int | None`): stop each phase after this many decisions (quick runs).
-        reference_capture (`str`): the file whose baselines are checked against issue 10's values.
+        reference_capture (`str`): the file whose baselines are checked against the reference values.
 
     > The loop (passed through the live functions unchanged)
         fees_bps (`list[float]`): one independent run (fresh learner) per fee, taker, per side.

@@ -1,4 +1,4 @@
-"""How much the baselines depend on what "a decision every 2 s" means (issue 10, reference check).
+"""How much the baselines depend on what "a decision every 2 s" means (the reference check).
 
 The reference values came from an independent simulator whose decision instants we do not
 know. The baselines need no learner, so they can be recomputed on one capture for several

@@ -32,7 +32,7 @@ from daemon.tools.efficacy.targets import evaluate, facts, mean_facts, pooled_fa
 ROWS = ("learned", "learned_unit", "learned_modal", "group_mean",
         "random", "random_expected", "flat", "heuristic", "hindsight")
 BASELINE_ROWS = ("random", "random_expected", "flat", "heuristic", "hindsight")
-# issue 10, USD-M BTCUSDT 2024-08-08, from an independent simulator: (mean, se or None)
+# USD-M BTCUSDT 2024-08-08, from an independent simulator (the product's reference figures): (mean, se or None)
 REFERENCE = {
     0.0: {"random": (-0.23, 0.17), "heuristic": (0.28, 0.11), "hindsight": (1.87, None)},
     4.5: {"random": (-5.95, None), "heuristic": (-3.33, None), "hindsight": (0.02, None)},
@@ -80,7 +80,7 @@ def split_records(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
 
 
 def reference_check(records: list[dict[str, Any]], fee: float, capture: str) -> dict[str, Any]:
-    """Baselines on the reference capture (its first pass) against issue 10's values."""
+    """Baselines on the reference capture (its first pass) against the reference values (``REFERENCE``)."""
     first_phase = next((r["phase"] for r in records if r["capture"] == capture), None)
     recs = [r for r in records if r["capture"] == capture and r["phase"] == first_phase]
     ref = REFERENCE.get(fee, {})

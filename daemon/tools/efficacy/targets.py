@@ -1,4 +1,4 @@
-"""What the efficacy run must show (issue 15): targets on held-out decisions, pooled over captures.
+"""What the efficacy run must show: targets on held-out decisions, pooled over captures.
 
 A target reads a run's *facts* (a flat dict of numbers, see ``facts``) and gives a value and a
 threshold; it is met when value >= threshold. The same targets are evaluated per seed, on the
