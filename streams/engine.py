@@ -42,7 +42,7 @@ from schemas.settings import GroupConfig, RewardConfig
 from schemas.stream import StreamTick, decode_internal
 from streams.clock import Clock
 from streams.market_book import MarketBook, state_key
-from streams.grouping import close_group, window_end_ns
+from streams.grouping import close_group, outcome_final, window_end_ns
 from streams.rewards import horizon_end_ns, score_action, to_outcome
 from streams.state import (CLOSED, NEVER, PENDING, AgendaEntry, ClosedGroups, GroupDue, PendingCandidate,
                            PendingGroup, StoredRecords)
@@ -148,7 +148,7 @@ class SymbolEngine(MarketBook):
         if self.tps.get(sk) != (topic, partition):
             self._set_tp(sk, (topic, partition))
         due = self.agenda.get(sk)
-        if due is not None and due.due_ns < now:
+        if due is not None and outcome_final(due.due_ns, now):
             return self._resolve(sk, now, wall_ns)
         return []
 
@@ -196,7 +196,7 @@ class SymbolEngine(MarketBook):
             idle = None if (not self.idle_close or (caught_up is not None and state is not True)) else \
                 self.clock.idle_now(sk, wall_ns, caught_up=bool(state))
             now = idle or self.clock.watermark(sk)
-            if (idle is not None and entry.due_ns < idle) or (entry.expiry_ns < now and
+            if (idle is not None and outcome_final(entry.due_ns, idle)) or (entry.expiry_ns < now and
                                                               wall_ns >= entry.grace_end_wall_ns):
                 out.append((sk.split("|", 1)[1], sk, now))
         return out
@@ -261,7 +261,7 @@ class SymbolEngine(MarketBook):
                 self.scored.pop(gid, None)
                 self._schedule(sk, gid, None)
                 continue
-            if due.due_ns < now or (expire and due.window_end_ns < now and wall_ns >= due.grace_end_wall_ns):
+            if outcome_final(due.due_ns, now) or (expire and due.window_end_ns < now and wall_ns >= due.grace_end_wall_ns):
                 out.extend(self._advance(sk, gid, now, wall_ns, expire))
         return out
 
@@ -272,7 +272,7 @@ class SymbolEngine(MarketBook):
         out: list[Emit] = []
         for i, action in sorted(actions.items()):
             horizon_end = g.candidates[i].horizon_end_ns
-            if i not in outcomes and horizon_end < now:
+            if i not in outcomes and outcome_final(horizon_end, now):
                 t0 = action.ts_event
                 book = self.book_path(sk, t0 + round(self.reward.latency_ms * 1e6), horizon_end)
                 o = to_outcome(action, score_action(action, self.reward, book), ts_ingest=wall_ns,
