@@ -15,7 +15,8 @@ Rate: both engines stamp every outcome and group with the wall time at which the
 time) / (last output's stamp - first output's stamp), so start-up (JVM, Python workers,
 consumer-group joins) is excluded for both. Faust runs ``P`` worker processes in one consumer
 group (at-least-once); Flink runs one local mini-cluster at parallelism ``P`` (exactly-once
-sinks, checkpoints every 5 s, the production defaults). The machine's load is printed: on a
+sinks, checkpoints at ``streams.flink_checkpoint_interval_s``, the production defaults; group
+latency per interval: ``benchmarks/flink_latency.py``). The machine's load is printed: on a
 shared 2-core machine the figures move with whatever else runs.
 """
 

@@ -123,6 +123,11 @@ class GroupConfig(_Section):
     grace_s: float = Field(2.0, ge=0, description="a group's window ends this long after its longest horizon")
 
 
+FLINK_CHECKPOINT_DEFAULT_S = 0.5
+FLINK_CHECKPOINT_MIN_S = 0.1
+FLINK_CHECKPOINT_MAX_S = 300.0
+
+
 class StreamsSettings(_Section):
     app_id: str = "eigenloop-streams"
     engine: Literal["faust", "flink"] = "faust"
@@ -144,6 +149,14 @@ class StreamsSettings(_Section):
     stall_exit_s: float | None = Field(60.0, gt=0, description="a stall this long with no input processed "
                                        "anywhere meanwhile (a wedged worker, not a backlog): /healthz fails and "
                                        "the worker exits for its supervisor to restart it; null: never")
+    # Flink commits its exactly-once outputs only when a checkpoint completes, so this interval is
+    # the Flink engine's output latency. The ceiling keeps it well inside the sinks' Kafka
+    # transaction timeout (600 s, which must also outlast a restart)
+    flink_checkpoint_interval_s: float = Field(FLINK_CHECKPOINT_DEFAULT_S, ge=FLINK_CHECKPOINT_MIN_S,
+                                               le=FLINK_CHECKPOINT_MAX_S,
+                                               description="streams.engine=flink: seconds between checkpoints; "
+                                               "groups and outcomes become visible to read_committed "
+                                               "consumers when one completes")
 
 
 class ExchangeSettings(_Section):

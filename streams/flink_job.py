@@ -29,7 +29,13 @@ Topology::
 - **Exactly-once.** Checkpoints hold the keyed state and the source offsets together; the sinks
   write in Kafka transactions committed when the checkpoint completes. Consumers that read with
   ``isolation.level=read_committed`` see every outcome and group once, also after a restart from
-  a checkpoint. Output latency is therefore about one checkpoint interval.
+  a checkpoint. Output latency is therefore about half a checkpoint interval plus a checkpoint's
+  duration: ``streams.flink_checkpoint_interval_s`` (0.5 s by default; see the README's "Choosing an
+  engine" for what shorter intervals cost). A pause of half an interval between checkpoints
+  bounds their share of the time when they get slow (a backlog), and the sinks reuse a small
+  pool of transactional ids instead of a new one per checkpoint, which at sub-second intervals
+  would pile up on the broker's transaction coordinator (kept there for
+  ``transactional.id.expiration.ms``, 7 days by default).
 - **Keys.** Outputs are keyed by group id like the Faust worker's (the sinks use Kafka's default
   partitioner on the key), so partitions match.
 """
@@ -44,6 +50,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from schemas.kafka_security import java_properties
+from schemas.settings import FLINK_CHECKPOINT_DEFAULT_S, FLINK_CHECKPOINT_MAX_S, FLINK_CHECKPOINT_MIN_S
 from schemas.topics import topic_name
 from streams.flink_lag import librdkafka_config
 
@@ -69,7 +76,7 @@ class JobConfig:
     idle_tick_s: float = 0.25
     idle_close: bool = True  # streams.idle_close: off for a loop-paced replay
     parallelism: int | None = None  # None: 1 on the local mini-cluster, the cluster's default elsewhere
-    checkpoint_interval_s: float = 5.0
+    checkpoint_interval_s: float = FLINK_CHECKPOINT_DEFAULT_S  # streams.flink_checkpoint_interval_s
     checkpoint_dir: Path | str = Path(".eigenloop/flink/checkpoints")  # a folder, or a URI (s3://...)
     restore: str | None = None  # a checkpoint/savepoint path, "latest" under checkpoint_dir, or "auto"
     delivery: str = "exactly-once"
@@ -96,7 +103,7 @@ def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
         bootstrap=bootstrap, topics={t: topic_name(t, prefix) for t in INPUTS + OUTPUTS}, group_id=app,
         transactional_prefix=app, reward=settings.reward.model_dump(), groups=settings.groups.model_dump(),
         market_window_s=settings.streams.market_window_s, idle_tick_s=settings.streams.idle_tick_s,
-        idle_close=settings.streams.idle_close,
+        idle_close=settings.streams.idle_close, checkpoint_interval_s=settings.streams.flink_checkpoint_interval_s,
         checkpoint_dir=Path(settings.data_dir).resolve() / "flink" / app / "checkpoints",
         kafka_properties=java_properties(settings.kafka), name=app,
         lag_config=librdkafka_config(bootstrap, app, settings.kafka),
@@ -106,7 +113,15 @@ def from_settings(settings, bootstrap: str, **overrides) -> JobConfig:
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
+    check_checkpoint_interval(cfg.checkpoint_interval_s)
     return cfg
+
+
+def check_checkpoint_interval(seconds: float) -> None:
+    """A ``--checkpoint-interval`` override gets the settings' bounds too (``ValueError``, one line)."""
+    if not FLINK_CHECKPOINT_MIN_S <= seconds <= FLINK_CHECKPOINT_MAX_S:
+        raise ValueError(f"checkpoint interval {seconds} s: must be between {FLINK_CHECKPOINT_MIN_S} and "
+                         f"{FLINK_CHECKPOINT_MAX_S} s (streams.flink_checkpoint_interval_s)")
 
 
 def connector_jar(choice: str | None = None) -> str | None:
@@ -195,6 +210,9 @@ def sink_ddl(table: str, topic: str, cfg: JobConfig) -> str:
     if cfg.delivery == "exactly-once":
         opts["sink.transactional-id-prefix"] = f"{cfg.transactional_prefix}-{topic}"
         opts["properties.transaction.timeout.ms"] = str(TRANSACTION_TIMEOUT_MS)
+        # reuse transactional ids (see the module doc): one per checkpoint is 7,200 an hour per
+        # sink and subtask at 0.5 s
+        opts["sink.transaction-naming-strategy"] = "POOLING"
     return f"CREATE TEMPORARY TABLE {table} (k BYTES, v BYTES) WITH (\n  {_with(opts)}\n)"
 
 
@@ -217,13 +235,8 @@ def flink_configuration(cfg: JobConfig):
     if cfg.managed:
         return conf
     conf.set_string("python.client.executable", sys.executable)
-    conf.set_string("execution.checkpointing.interval", f"{round(cfg.checkpoint_interval_s * 1000)} ms")
-    conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
-    conf.set_string("execution.checkpointing.dir", _uri(cfg.checkpoint_dir))
-    # kept after cancel/kill so the job can be restarted from them (--restore latest)
-    conf.set_string("execution.checkpointing.externalized-checkpoint-retention", "RETAIN_ON_CANCELLATION")
-    conf.set_string("execution.checkpointing.num-retained", "2")
-    conf.set_string("state.backend.type", "hashmap")
+    for key, value in checkpoint_options(cfg).items():
+        conf.set_string(key, value)
     path = restore_path(cfg)
     if path is not None:
         conf.set_string("execution.state-recovery.path", _uri(path))
@@ -234,6 +247,23 @@ def flink_configuration(cfg: JobConfig):
         conf.set_string("rest.address", url.hostname or "localhost")
         conf.set_string("rest.port", str(url.port or 8081))
     return conf
+
+
+def checkpoint_options(cfg: JobConfig) -> dict[str, str]:
+    """The job's checkpointing, as Flink configuration entries (a managed cluster sets its own)."""
+    interval_ms = round(cfg.checkpoint_interval_s * 1000)
+    return {
+        "execution.checkpointing.interval": f"{interval_ms} ms",
+        # when checkpoints take longer than the interval (a backlog), processing still gets at
+        # least half an interval between them; while they are fast this changes nothing
+        "execution.checkpointing.min-pause": f"{interval_ms // 2} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.dir": _uri(cfg.checkpoint_dir),
+        # kept after cancel/kill so the job can be restarted from them (--restore latest)
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "2",
+        "state.backend.type": "hashmap",
+    }
 
 
 def build(env, cfg: JobConfig) -> None:
@@ -321,11 +351,16 @@ def main(argv: list[str] | None = None) -> None:
     if not bootstrap:
         raise SystemExit("no Kafka bootstrap: pass --bootstrap or set EIGENLOOP_KAFKA__BOOTSTRAP")
     topics = {k.split(":", 1)[1]: v for k, v in vars(args).items() if k.startswith("topic:")}
-    cfg = from_settings(settings, bootstrap, topics=topics, parallelism=args.parallelism,
-                        checkpoint_dir=args.checkpoint_dir, checkpoint_interval_s=args.checkpoint_interval_s,
-                        restore=args.restore, delivery=args.delivery, group_id=args.group_id,
-                        jobmanager=args.jobmanager, python_executable=args.python_executable,
-                        connector_jar=args.connector_jar, managed=args.managed)
+    try:
+        cfg = from_settings(settings, bootstrap, topics=topics, parallelism=args.parallelism,
+                            checkpoint_dir=args.checkpoint_dir, checkpoint_interval_s=args.checkpoint_interval_s,
+                            restore=args.restore, delivery=args.delivery, group_id=args.group_id,
+                            jobmanager=args.jobmanager, python_executable=args.python_executable,
+                            connector_jar=args.connector_jar, managed=args.managed)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    if not cfg.managed:
+        print(f"checkpoints every {round(cfg.checkpoint_interval_s * 1000)} ms", flush=True)
     run(cfg)
 
 

@@ -11,7 +11,8 @@ import pytest
 from daemon.cli import run as cli_run, streams as cli_streams
 from daemon.errors import ConfigError
 from schemas.settings import StreamsSettings
-from streams.flink_job import from_settings, latest_checkpoint, restore_path, sink_ddl, source_ddl
+from streams.flink_job import (checkpoint_options, from_settings, latest_checkpoint, main, restore_path, sink_ddl,
+                               source_ddl)
 from flink_harness import EIGENLOOP, REPO
 
 
@@ -85,3 +86,33 @@ def test_eigenloop_run_supervises_the_flink_job_when_the_engine_is_flink(monkeyp
     monkeypatch.setattr(cli_streams, "flink_python", lambda: None)
     with pytest.raises(ConfigError, match="make flink-setup"):
         cli_run.streams_command(flink)
+
+
+def test_the_checkpoint_interval_setting_reaches_the_jobs_configuration():
+    assert checkpoint_options(_cfg())["execution.checkpointing.interval"] == "500 ms"  # the default
+    s = Settings(streams=StreamsSettings(flink_checkpoint_interval_s=0.3))
+    opts = checkpoint_options(from_settings(s, "broker:9092"))
+    assert opts["execution.checkpointing.interval"] == "300 ms"
+    assert opts["execution.checkpointing.min-pause"] == "150 ms" and opts["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+    # the CLI flag wins over the setting
+    cfg = from_settings(s, "broker:9092", checkpoint_interval_s=2.0)
+    assert checkpoint_options(cfg)["execution.checkpointing.interval"] == "2000 ms"
+    # short intervals must not mint a transactional id per checkpoint
+    assert "'sink.transaction-naming-strategy' = 'POOLING'" in sink_ddl("g", "t", cfg)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "0.01", "301", "soon"])
+def test_a_bad_checkpoint_interval_is_refused_at_start_with_the_setting_named(value):
+    env = {"PATH": "/usr/bin:/bin", "EIGENLOOP_KAFKA__BOOTSTRAP": "127.0.0.1:9",
+           "EIGENLOOP_STREAMS__FLINK_CHECKPOINT_INTERVAL_S": value}
+    proc = subprocess.run([str(EIGENLOOP), "streams", "flink", "--local"], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode != 0 and "streams.flink_checkpoint_interval_s" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["0", "0.05", "1000"])
+def test_a_bad_checkpoint_interval_flag_is_refused_before_flink_starts(flag, monkeypatch):
+    monkeypatch.delenv("EIGENLOOP_CONFIG", raising=False)
+    with pytest.raises(SystemExit, match=r"checkpoint interval .* must be between 0.1 and 300.0 s"):
+        main(["--local", "--bootstrap", "127.0.0.1:9", "--checkpoint-interval", flag])
