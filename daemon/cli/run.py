@@ -68,6 +68,11 @@ def streams_command(s) -> list[str]:
     return ["streams", "worker"]
 
 
+def streams_ready_line(s) -> str:
+    """What the streams child prints once it processes input: the daemon starts after it."""
+    return "flink job submitted" if s.streams.engine == "flink" else "streams worker ready"
+
+
 class Stopped(Exception):
     """SIGTERM or SIGINT arrived while ``eigenloop run`` was still starting up."""
 
@@ -259,7 +264,7 @@ async def _start_and_watch(s, started: Started, stop: asyncio.Event, *, live: bo
     await sup.add(Child("streams", argv + streams_argv, child_env({**env, **streams_env}), streams_log))
     # the daemon's first actions must find the worker's tables in place (a worker still creating
     # its changelog topics fails on them and stalls)
-    if not await until_stopped(wait_for_line(streams_log, mark, "streams worker ready", 180.0), stop):
+    if not await until_stopped(wait_for_line(streams_log, mark, streams_ready_line(s), 180.0), stop):
         typer.echo("[run] the streams worker is not ready after 180 s; starting the daemon anyway "
                    f"(see {streams_log})")
     if sink:

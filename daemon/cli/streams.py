@@ -8,6 +8,8 @@ import typer
 
 from daemon.cli.context import config_path, fail, settings
 
+REPO = Path(__file__).resolve().parents[2]
+
 streams_app = typer.Typer(no_args_is_help=True, help="Stream processors: rewards and GRPO groups.")
 
 
@@ -49,14 +51,15 @@ def flink(
     """Run the PyFlink job (same rewards and groups as the worker) until stopped, or submit it."""
     import os
 
+    from daemon.errors import exit_code
     from daemon.eventlog import broker_address
     from daemon.eventlog.connection import bootstrap_for
 
     s = settings()
     try:
         bootstrap = bootstrap_for(s)
-    except broker_address.BrokerError as e:
-        raise fail(str(e))
+    except broker_address.BrokerError as e:  # no broker yet: a restart may find one
+        raise fail(str(e), exit_code(e))
     if local and jobmanager:
         raise fail("--local and --jobmanager exclude each other")
     python = flink_python()
@@ -78,6 +81,9 @@ def flink(
     env = dict(os.environ)
     if config_path():
         env["EIGENLOOP_CONFIG"] = str(Path(config_path()).resolve())
+    # the Flink interpreter has PyFlink but not this project installed: it finds `streams` and
+    # `schemas` through the repository, wherever the command was started from
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     # replace this process: signals reach the job directly and its exit code is ours
     os.execve(python, argv, env)
 
@@ -92,7 +98,7 @@ def flink_python() -> str | None:
     env = os.environ.get("EIGENLOOP_FLINK_PYTHON")
     if env:
         return env
-    venv = Path(__file__).resolve().parents[2] / ".cache" / "flink-venv" / "bin" / "python"
+    venv = REPO / ".cache" / "flink-venv" / "bin" / "python"
     if venv.exists():
         return str(venv)
     return sys.executable if importlib.util.find_spec("pyflink") else None

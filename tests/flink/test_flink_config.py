@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
-from schemas.settings import KafkaSettings, Settings
 import pytest
 
-from daemon.cli import run as cli_run, streams as cli_streams
+from daemon.cli import run as cli_run
+from daemon.cli import streams as cli_streams
 from daemon.errors import ConfigError
-from schemas.settings import StreamsSettings
+from schemas.settings import KafkaSettings, Settings, StreamsSettings
 from streams.flink_job import (checkpoint_options, from_settings, latest_checkpoint, main, restore_path, sink_ddl,
                                source_ddl)
 from flink_harness import EIGENLOOP, REPO
@@ -86,6 +87,32 @@ def test_eigenloop_run_supervises_the_flink_job_when_the_engine_is_flink(monkeyp
     monkeypatch.setattr(cli_streams, "flink_python", lambda: None)
     with pytest.raises(ConfigError, match="make flink-setup"):
         cli_run.streams_command(flink)
+    # `eigenloop run` starts the daemon once the child prints its own ready line
+    assert cli_run.streams_ready_line(faust) == "streams worker ready"
+    assert cli_run.streams_ready_line(flink) == "flink job submitted"
+
+
+def test_the_flink_child_finds_the_project_from_any_directory(monkeypatch, tmp_path: Path):
+    # the Flink interpreter does not have the project installed: the repository goes on its path
+    seen = {}
+
+    def execve(python, argv, env):
+        seen.update(python=python, argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli_streams, "flink_python", lambda: "/opt/flink-venv/bin/python")
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setenv("EIGENLOOP_KAFKA__BOOTSTRAP", "127.0.0.1:9")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.chdir(tmp_path)
+    from typer.testing import CliRunner
+
+    from daemon.cli import app
+
+    result = CliRunner().invoke(app, ["streams", "flink", "--local"])
+    assert result.exit_code == 0, result.output
+    assert seen["argv"][1:3] == ["-m", "streams.flink_job"]
+    assert seen["env"]["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
 
 
 def test_the_checkpoint_interval_setting_reaches_the_jobs_configuration():

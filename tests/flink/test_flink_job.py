@@ -13,6 +13,7 @@ from daemon.eventlog import EventProducer
 from daemon.eventlog.admin import ensure_topics
 from schemas import Action, MarketActionSpec
 from schemas.settings import GroupConfig, RewardConfig, StreamsSettings
+from schemas.topics import topic_name
 from flink_harness import CommittedCollector, FlinkJob
 from stream_cases import comparable, expected, make_actions, market_events
 from worker_harness import Collector, Worker, produce, write_config
@@ -30,7 +31,7 @@ def _settings(kafka_settings, **update):
 
 
 def _topics(settings, bases=OUTPUTS):
-    return {b: settings.kafka.topic_prefix + b for b in bases}
+    return {b: topic_name(b, settings.kafka.topic_prefix) for b in bases}
 
 
 def _recorded(shared_data, seconds: float, **kw):
