@@ -370,7 +370,9 @@ def test_flink_values_render_a_flink_deployment_instead_of_the_worker():
     assert spec["image"] == "registry.example.com/eigenloop/eigenloop-flink:0.1.0" and spec["flinkVersion"] == "v2_2"
     conf = spec["flinkConfiguration"]
     assert conf["execution.checkpointing.dir"] == "s3://eigenloop-flink/checkpoints"
-    assert conf["execution.checkpointing.mode"] == "EXACTLY_ONCE" and conf["execution.checkpointing.interval"] == "10s"
+    assert conf["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+    # sub-second, as the local job's default: half an interval's pause between checkpoints
+    assert conf["execution.checkpointing.interval"] == "500ms" and conf["execution.checkpointing.min-pause"] == "250ms"
     assert all(isinstance(v, str) for v in conf.values()), "flinkConfiguration values must be strings"
     job = spec["job"]
     assert job["entryClass"] == "org.apache.flink.client.python.PythonDriver" and job["parallelism"] == 4
@@ -386,6 +388,15 @@ def test_flink_values_render_a_flink_deployment_instead_of_the_worker():
            "spec": {**spec["podTemplate"]["spec"], "containers": [{**main, "image": spec["image"]}]}}
     kubernetes_validate.validate(pod, KUBE_VERSIONS[-1], strict=True)
     assert spec["podTemplate"]["metadata"]["labels"]["app.kubernetes.io/name"] != "eigenloop"
+
+
+def test_the_flink_checkpoint_interval_renders_in_milliseconds_within_its_bounds():
+    r = render_values(load_values("flink-values.yaml", overrides={"flink": {"checkpointIntervalSeconds": 2.5}}))
+    conf = r.get("FlinkDeployment", "eigenloop-streams")["spec"]["flinkConfiguration"]
+    assert conf["execution.checkpointing.interval"] == "2500ms" and conf["execution.checkpointing.min-pause"] == "1250ms"
+    for bad in (0.05, 301, "5s"):
+        with pytest.raises(Exception, match="checkpointIntervalSeconds"):
+            render_values(load_values("flink-values.yaml", overrides={"flink": {"checkpointIntervalSeconds": bad}}))
 
 
 @pytest.mark.parametrize("missing,message", [("image", "needs flink.image"), ("checkpointDir", "needs flink.checkpointDir")])
