@@ -41,11 +41,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "streams"), str(REPO / "tests" / "flink")]
 
 from benchmarks.bench_kafka import bench_settings  # noqa: E402
-from benchmarks.flink_vs_faust import fresh_settings, load, rate  # noqa: E402
+from benchmarks.flink_vs_faust import collect_groups, fresh_settings, load, rate  # noqa: E402
 from daemon.eventlog import EventProducer  # noqa: E402
 from daemon.eventlog.connection import client_kwargs, topic  # noqa: E402
 from schemas import decode  # noqa: E402
-from flink_harness import CommittedCollector, FlinkJob, flink_ready  # noqa: E402
+from flink_harness import FlinkJob, flink_ready  # noqa: E402
 from stream_cases import make_actions, market_events  # noqa: E402
 from streams.rewards import horizon_end_ns  # noqa: E402
 from worker_harness import Worker, produce, write_config  # noqa: E402
@@ -159,18 +159,6 @@ async def live_phase(settings, live, actions, pid: int) -> tuple[list[float], fl
     return lat, cores, len(ends) - len(seen)
 
 
-async def backlog_phase(settings, actions, timeout: float, alive) -> list:
-    topics = {b: topic(settings, b) for b in ("agent.outcomes", "learn.groups")}
-    want = {a.group_id for a in actions}
-    async with CommittedCollector(settings, topics) as c:
-        if not await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= want, timeout, alive=alive):
-            raise SystemExit(f"backlog not closed within {timeout:.0f} s")
-        unique = {}
-        for rec in c.records["agent.outcomes"] + c.records["learn.groups"]:
-            unique.setdefault(rec.event_id, rec)  # Faust is at-least-once
-        return list(unique.values())
-
-
 def one_run(name: str, base, tmp: Path, data, interval: float | None, timeout: float) -> dict:
     backlog, b_actions, live, l_actions = data
     s = fresh_settings(base.kafka.bootstrap, tmp, GROUP_SIZE)
@@ -188,7 +176,7 @@ def one_run(name: str, base, tmp: Path, data, interval: float | None, timeout: f
     try:
         pid = proc.proc.pid
         cpu0 = cpu_seconds(pid)
-        outputs = asyncio.run(backlog_phase(s, b_actions, timeout, proc.alive))
+        outputs = asyncio.run(collect_groups(s, {a.group_id for a in b_actions}, timeout, proc.alive))
         backlog_cpu = cpu_seconds(pid) - cpu0
         r, secs = rate(backlog, b_actions, outputs)
         lat, cores, missing = asyncio.run(live_phase(s, live, l_actions, pid))

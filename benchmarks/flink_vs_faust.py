@@ -93,7 +93,8 @@ def fresh_settings(bootstrap: str, tmp: Path, group_size: int) -> Settings:
     return s
 
 
-async def _collect(settings: Settings, group_ids: set[str], timeout: float, alive) -> list:
+async def collect_groups(settings: Settings, group_ids: set[str], timeout: float, alive) -> list:
+    """Every outcome and group, deduplicated by event_id, once all of ``group_ids`` are read."""
     topics = {b: topic(settings, b) for b in ("agent.outcomes", "learn.groups")}
     async with CommittedCollector(settings, topics) as c:
         ok = await c.until(lambda r: {g.group_id for g in r["learn.groups"]} >= group_ids, timeout, alive=alive)
@@ -119,7 +120,7 @@ def run_faust(bootstrap: str, events, actions, parallelism: int, group_size: int
         for w in workers:
             w.wait_ready(180)
         try:
-            return asyncio.run(_collect(s, {a.group_id for a in actions}, timeout,
+            return asyncio.run(collect_groups(s, {a.group_id for a in actions}, timeout,
                                         alive=lambda: all(w.alive() for w in workers)))
         except RunFailed as e:
             raise RunFailed(f"{e}; last worker lines:\n" + "".join(l for w in workers for l in w.lines[-15:]))
@@ -137,7 +138,7 @@ def run_flink(bootstrap: str, events, actions, parallelism: int, group_size: int
     try:
         job.start().wait_submitted(300)
         try:
-            return asyncio.run(_collect(s, {a.group_id for a in actions}, timeout, alive=job.alive))
+            return asyncio.run(collect_groups(s, {a.group_id for a in actions}, timeout, alive=job.alive))
         except RunFailed as e:
             raise RunFailed(f"{e}; job output:\n{job.tail(15)}")
     finally:

@@ -44,20 +44,18 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "streams"), str(REPO / "tests" / "flink")]
 
 from benchmarks.bench_kafka import bench_settings  # noqa: E402
-from benchmarks.flink_vs_faust import load  # noqa: E402
+from benchmarks.flink_vs_faust import fresh_settings, load  # noqa: E402
 from daemon.eventlog import EventProducer  # noqa: E402
-from daemon.eventlog.admin import ensure_topics  # noqa: E402
 from daemon.eventlog.connection import topic  # noqa: E402
 from flink_harness import CommittedCollector, FlinkJob, flink_ready  # noqa: E402
 from schemas.ids import new_event_id  # noqa: E402
-from schemas.settings import GroupConfig, KafkaSettings, Settings, StreamsSettings  # noqa: E402
+from schemas.settings import Settings  # noqa: E402
 from stream_cases import make_actions  # noqa: E402
 from streams.capture import read_capture  # noqa: E402
 from worker_harness import Worker, write_config  # noqa: E402
@@ -136,17 +134,10 @@ async def until_caught_up(settings: Settings, groups: set[str], timeout: float, 
                 raw=raw, distinct=distinct)
 
 
-def fresh(bootstrap: str, tmp: Path) -> Settings:
-    s = Settings(data_dir=tmp, kafka=KafkaSettings(bootstrap=bootstrap, topic_prefix=f"cu{uuid.uuid4().hex[:8]}."),
-                 groups=GroupConfig(group_size=GROUP_SIZE, grace_s=1.0), streams=StreamsSettings(idle_tick_s=0.25))
-    asyncio.run(ensure_topics(s, keep_all=True))  # the capture's event times are old
-    return s
-
-
 def run_engine(engine: str, bootstrap: str, args, interval: float | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"catchup-{engine}-"))
     label = engine if interval is None else f"{engine} {interval:g}s"
-    s = fresh(bootstrap, tmp)
+    s = fresh_settings(bootstrap, tmp, GROUP_SIZE)
     t = time.perf_counter()
     n_ev, n_act, groups = asyncio.run(feed(s, args.data, args.minutes))
     print(f"{label}: produced {n_ev} market events + {n_act} candidates ({len(groups)} groups) in "

@@ -190,8 +190,9 @@ def register(app: faust.App, topo: Topology, new_engine: Callable[[], SymbolEngi
         engine = slot.engine  # a rebalance meanwhile replaces it, and what this read fills is dropped
         held, engine.hold_expiry = engine.hold_expiry, True  # keep all that is read: it was held then
         try:
+            wall = time.time_ns()  # one stamp for the whole read: it takes well under a second
             await rebuild_partition(client_kw, tp, cursor, earliest, mark, conf.market_window_s,
-                                    lambda raw, **at: engine.rebuild_record(raw, wall_ns=time.time_ns(), **at))
+                                    lambda raw, **at: engine.rebuild_record(raw, wall_ns=wall, **at))
         finally:
             engine.hold_expiry = held
         engine.restore_agenda()  # the pending candidates of this partition are recovered by now
